@@ -1,1 +1,9 @@
-"""specfair: fairness of speculative-decoding speedups across data categories."""
+"""specfair: does fine-tuning a speculative-decoding draft raise acceptance, and is the gain fair?"""
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository (editable install): conf/, data/samples/
+
+OmegaConf.register_new_resolver("specfair_root", lambda: str(ROOT), replace=True)

@@ -1,0 +1,63 @@
+"""Rebuild data/samples/*.jsonl from ../shared/data (real rows; see data/samples/PROVENANCE.md).
+
+Deterministic: a seeded shuffle per category, then `eval` rows and disjoint `train` rows.
+Run: python scripts/make_samples.py [SHARED_DATA_DIR]
+"""
+
+import json
+import random
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+SHARED = Path(sys.argv[1] if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "../shared/data")
+OUT = Path(__file__).resolve().parents[1] / "data" / "samples"
+
+# name: (eval file, train file or None, eval rows per category, train rows per category)
+PLAN = {
+    "agnews": ("agnews_test.jsonl", "agnews_train_partial.jsonl", 100, 200),
+    "imdb": ("imdb_sample.jsonl", None, 100, 200),
+    "emotion": ("emotion_sample.jsonl", None, 40, 160),
+    "sst2": ("sst2_sample.jsonl", None, 100, 200),
+}
+
+
+def by_label(path):
+    groups = defaultdict(list)
+    seen = set()
+    for line in open(path, encoding="utf-8"):
+        row = json.loads(line)
+        if row["text"] in seen:  # drop duplicate texts so eval and train cannot overlap
+            continue
+        seen.add(row["text"])
+        groups[row["label"]].append(row)
+    return groups
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name, (eval_file, train_file, n_eval, n_train) in PLAN.items():
+        eval_groups = by_label(SHARED / eval_file)
+        train_groups = by_label(SHARED / train_file) if train_file else eval_groups
+        out = []
+        for label in sorted(eval_groups):
+            rng = random.Random(f"sample:{name}:{label}")
+            pool = list(eval_groups[label])
+            rng.shuffle(pool)
+            evals = pool[:n_eval]
+            eval_texts = {r["text"] for r in evals}
+            rest = list(train_groups[label]) if train_file else pool[n_eval:]
+            if train_file:
+                rng.shuffle(rest)
+            trains = [r for r in rest if r["text"] not in eval_texts][:n_train]
+            out += [{**r, "split": "eval"} for r in evals] + [{**r, "split": "train"} for r in trains]
+        if name == "sst2":  # the hub's field name, so one config serves both sources
+            out = [{"sentence": r.pop("text"), **r} for r in out]
+        with open(OUT / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for r in out:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        print(name, len(out), "rows")
+
+
+if __name__ == "__main__":
+    main()

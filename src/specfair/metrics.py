@@ -1,0 +1,110 @@
+"""Per-category acceptance as a torchmetrics Metric: summed counters, ratios derived only in compute().
+
+Every state is a sum over prompts (`dist_reduce_fx="sum"`), so the DDP reduction is exact and every glossary
+metric is a ratio of sums. States are updated out of place: under `ddp_spawn` the module's CPU tensors are
+shared between processes, and an in-place write by index races across ranks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+
+COUNTERS = (
+    "prompts",
+    "new_tokens",
+    "proposed",
+    "accepted",
+    "blocks",
+    "rejections",
+    "wall_s",
+    "draft_s",
+    "draft_steps",
+    "baseline_new_tokens",
+    "baseline_wall_s",
+)
+
+
+def ratio(num: float, den: float) -> float | None:
+    return num / den if den > 0 else None
+
+
+def predicted_block_efficiency(alpha: float | None, gamma: int) -> float | None:
+    """Leviathan et al.: E[tokens per target call] = (1 - a^(g+1)) / (1 - a) under i.i.d. acceptance."""
+    if alpha is None:
+        return None
+    return float(gamma + 1) if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+
+
+class CategoryAcceptance(Metric):
+    """Acceptance, block efficiency and speedup per category and overall, from per-prompt records."""
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, categories: list[str], gamma: int, **kwargs):
+        super().__init__(**kwargs)
+        self.categories = list(categories)
+        self.gamma = int(gamma)
+        size = len(self.categories)
+        for name in COUNTERS:
+            self.add_state(name, torch.zeros(size, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("position_hits", torch.zeros(size, self.gamma, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("position_trials", torch.zeros(size, self.gamma, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, record: dict) -> None:
+        """One prompt's record (as written to samples.jsonl)."""
+        index = self.categories.index(record["category"])
+        values = {name: float(record.get(name, 1.0 if name == "prompts" else 0.0)) for name in COUNTERS}
+        values["draft_steps"] = float(sum(record["proposed_lengths"]))
+        for name, value in values.items():
+            delta = torch.zeros_like(getattr(self, name))
+            delta[index] = value
+            setattr(self, name, getattr(self, name) + delta)
+        hits = torch.zeros_like(self.position_hits)
+        trials = torch.zeros_like(self.position_trials)
+        for gamma_b, n_b in zip(record["proposed_lengths"], record["accept_lengths"], strict=True):
+            trials[index, :gamma_b] += 1
+            hits[index, :n_b] += 1
+        self.position_hits = self.position_hits + hits
+        self.position_trials = self.position_trials + trials
+
+    def _group(self, mask: torch.Tensor) -> dict:
+        s = {name: float(getattr(self, name)[mask].sum()) for name in COUNTERS}
+        hits = self.position_hits[mask].sum(0).tolist()
+        trials = self.position_trials[mask].sum(0).tolist()
+        target_calls = s["prompts"] + s["blocks"]
+        alpha = ratio(s["accepted"], s["accepted"] + s["rejections"])
+        draft_step = ratio(s["draft_s"], s["draft_steps"])
+        target_step = ratio(s["baseline_wall_s"], s["baseline_new_tokens"])
+        c = ratio(draft_step, target_step) if draft_step is not None and target_step else None
+        tau = predicted_block_efficiency(alpha, self.gamma)
+        return {
+            "prompts": int(s["prompts"]),
+            "new_tokens": int(s["new_tokens"]),
+            "proposed": int(s["proposed"]),
+            "accepted": int(s["accepted"]),
+            "blocks": int(s["blocks"]),
+            "rejections": int(s["rejections"]),
+            "target_calls": int(target_calls),
+            "acceptance_rate": ratio(s["accepted"], s["proposed"]),
+            "alpha": alpha,
+            "block_efficiency": ratio(s["new_tokens"], target_calls),
+            "position_acceptance": [ratio(h, t) for h, t in zip(hits, trials, strict=True)],
+            "speedup": ratio(s["baseline_wall_s"], s["wall_s"]),
+            "tokens_per_s": ratio(s["new_tokens"], s["wall_s"]),
+            "baseline_tokens_per_s": ratio(s["baseline_new_tokens"], s["baseline_wall_s"]),
+            "wall_s": s["wall_s"],
+            "baseline_wall_s": s["baseline_wall_s"],
+            "draft_target_cost_ratio": c,
+            "predicted_block_efficiency": tau,
+            "predicted_speedup": tau / (self.gamma * c + 1) if tau is not None and c is not None else None,
+        }
+
+    def compute(self) -> dict:
+        everything = torch.ones(len(self.categories), dtype=torch.bool)
+        result = {"overall": self._group(everything), "categories": {}}
+        for i, name in enumerate(self.categories):
+            result["categories"][name] = self._group(torch.arange(len(self.categories)) == i)
+        return result
+
