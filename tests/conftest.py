@@ -1,0 +1,55 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+def tiny_llama(seed: int, vocab: int = 8, layers: int = 2, init: float = 0.3) -> LlamaForCausalLM:
+    """A random-weight Llama small enough for thousands of generations; a wide init makes it opinionated."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        initializer_range=init, tie_word_embeddings=False, bos_token_id=0, eos_token_id=None, pad_token_id=None,
+    )
+    return LlamaForCausalLM(config).eval().requires_grad_(False)
+
+
+def compose_cfg(*overrides, config="evaluate"):
+    """The app's config as Hydra composes it, with the run folder pinned (no HydraConfig outside an app)."""
+    from hydra import compose, initialize_config_dir
+
+    from specfair import ROOT
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose(config, overrides=["paths.output_dir=/tmp/specfair-compose", *overrides])
+
+
+@pytest.fixture(scope="session")
+def real_pair():
+    """The embedded SmolLM2-135M-Instruct target with its 4-layer truncated draft."""
+    from omegaconf import OmegaConf
+
+    from specfair.models import EMBEDDED, load_pair
+
+    pair_cfg = OmegaConf.create({"name": "smollm2_135m", "target": EMBEDDED, "draft": None, "dtype": "float32"})
+    return load_pair(pair_cfg, OmegaConf.create({"name": "base", "num_layers": 4, "path": None}))
+
+
+@pytest.fixture(scope="session")
+def agnews_prompts(real_pair):
+    """Eight real AG News test texts (bundled sample), cut to 32-token prompts."""
+    import json
+
+    from specfair import ROOT
+
+    rows = [json.loads(line) for line in open(ROOT / "data/samples/agnews.jsonl")]
+    texts = [r["text"] for r in rows if r["split"] == "eval"][::50][:8]
+    return [real_pair.tokenizer(t, add_special_tokens=False)["input_ids"][:32] for t in texts]
