@@ -25,8 +25,9 @@ PLAN = {
 def by_label(path):
     groups = defaultdict(list)
     seen = set()
-    for line in open(path, encoding="utf-8"):
-        row = json.loads(line)
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    for row in rows:
         if row["text"] in seen:  # drop duplicate texts so eval and train cannot overlap
             continue
         seen.add(row["text"])

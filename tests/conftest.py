@@ -15,9 +15,18 @@ def tiny_llama(seed: int, vocab: int = 8, layers: int = 2, init: float = 0.3) ->
     """A random-weight Llama small enough for thousands of generations; a wide init makes it opinionated."""
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        initializer_range=init, tie_word_embeddings=False, bos_token_id=0, eos_token_id=None, pad_token_id=None,
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=init,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=None,
+        pad_token_id=None,
     )
     return LlamaForCausalLM(config).eval().requires_grad_(False)
 
@@ -39,7 +48,9 @@ def real_pair():
 
     from specfair.models import EMBEDDED, load_pair
 
-    pair_cfg = OmegaConf.create({"name": "smollm2_135m", "target": EMBEDDED, "draft": None, "dtype": "float32"})
+    pair_cfg = OmegaConf.create(
+        {"name": "smollm2_135m", "target": EMBEDDED, "draft": None, "dtype": "float32"}
+    )
     return load_pair(pair_cfg, OmegaConf.create({"name": "base", "num_layers": 4, "path": None}))
 
 
@@ -50,6 +61,7 @@ def agnews_prompts(real_pair):
 
     from specfair import ROOT
 
-    rows = [json.loads(line) for line in open(ROOT / "data/samples/agnews.jsonl")]
+    with open(ROOT / "data/samples/agnews.jsonl") as f:
+        rows = [json.loads(line) for line in f]
     texts = [r["text"] for r in rows if r["split"] == "eval"][::50][:8]
     return [real_pair.tokenizer(t, add_special_tokens=False)["input_ids"][:32] for t in texts]

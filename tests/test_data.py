@@ -7,7 +7,7 @@ from conftest import SHARED_DATA, compose_cfg
 from omegaconf import OmegaConf
 
 from specfair import ROOT
-from specfair.data import categories_of, load_rows, read_jsonl, select_prompts, tokenize_prompts, to_rows
+from specfair.data import categories_of, load_rows, read_jsonl, select_prompts, to_rows, tokenize_prompts
 from specfair.errors import SpecfairError
 
 BUNDLED = {
@@ -66,18 +66,39 @@ def write_jsonl(path, rows):
 
 
 def test_local_jsonl_with_named_fields(tmp_path):
-    path = write_jsonl(tmp_path / "rows.jsonl", [
-        {"body": "first text", "topic": "x"}, {"body": "   ", "topic": "y"}, {"body": "second", "topic": "y"}])
-    cfg = OmegaConf.create({"name": "local", "source": "local", "path": str(path), "text_field": "body",
-                            "category_field": "topic", "label_names": None})
+    path = write_jsonl(
+        tmp_path / "rows.jsonl",
+        [
+            {"body": "first text", "topic": "x"},
+            {"body": "   ", "topic": "y"},
+            {"body": "second", "topic": "y"},
+        ],
+    )
+    cfg = OmegaConf.create(
+        {
+            "name": "local",
+            "source": "local",
+            "path": str(path),
+            "text_field": "body",
+            "category_field": "topic",
+            "label_names": None,
+        }
+    )
     rows, source = load_rows(cfg)
-    assert source == "local" and [(r.text, r.category) for r in rows] == [("first text", "x"), ("second", "y")]
+    assert source == "local" and [(r.text, r.category) for r in rows] == [
+        ("first text", "x"),
+        ("second", "y"),
+    ]
 
 
 @pytest.mark.parametrize(
     "rows, fields, message",
     [
-        ([{"text": "a", "label": "x"}], {"text_field": "body"}, "no field 'body'; rows have fields \\['label', 'text'\\]"),
+        (
+            [{"text": "a", "label": "x"}],
+            {"text_field": "body"},
+            "no field 'body'; rows have fields \\['label', 'text'\\]",
+        ),
         ([{"text": "a", "label": "x"}, {"text": "b"}], {}, "row 2 has no 'label'"),
         ([{"text": " ", "label": "x"}], {}, "every text is empty"),
         ([{"text": "a", "label": 7}], {"label_names": ["p", "q"]}, "label 7 outside label_names"),
@@ -85,8 +106,17 @@ def test_local_jsonl_with_named_fields(tmp_path):
 )
 def test_bad_rows_are_one_clear_error(tmp_path, rows, fields, message):
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
-    cfg = OmegaConf.create({"name": "local", "source": "local", "path": str(path), "text_field": "text",
-                            "category_field": "label", "label_names": None} | fields)
+    cfg = OmegaConf.create(
+        {
+            "name": "local",
+            "source": "local",
+            "path": str(path),
+            "text_field": "text",
+            "category_field": "label",
+            "label_names": None,
+        }
+        | fields
+    )
     with pytest.raises(SpecfairError, match=message):
         load_rows(cfg)
 
@@ -103,8 +133,16 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
 def test_csv_through_the_datasets_library(tmp_path):
     path = tmp_path / "rows.csv"
     path.write_text("text,label\nhello there,1\ngood bye,0\n")
-    cfg = OmegaConf.create({"name": "local", "source": "local", "path": str(path), "text_field": "text",
-                            "category_field": "label", "label_names": ["neg", "pos"]})
+    cfg = OmegaConf.create(
+        {
+            "name": "local",
+            "source": "local",
+            "path": str(path),
+            "text_field": "text",
+            "category_field": "label",
+            "label_names": ["neg", "pos"],
+        }
+    )
     rows, _ = load_rows(cfg)
     assert [(r.text, r.category) for r in rows] == [("hello there", "pos"), ("good bye", "neg")]
 

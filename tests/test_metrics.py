@@ -15,7 +15,7 @@ def record(category, accept, propose, new_tokens, wall=1.0, base_wall=2.0, base_
         "proposed": sum(propose),
         "accepted": sum(accept),
         "blocks": len(accept),
-        "rejections": sum(n < g for n, g in zip(accept, propose)),
+        "rejections": sum(n < g for n, g in zip(accept, propose, strict=True)),
         "accept_lengths": accept,
         "proposed_lengths": propose,
         "wall_s": wall,

@@ -51,10 +51,12 @@ def test_real_pair_greedy_is_lossless_on_real_prompts(real_pair, agnews_prompts)
     for prompt in agnews_prompts:
         ids = torch.tensor([prompt])
         plain = autoregressive_generate(real_pair.target, ids, max_new_tokens=24, eos_token_id=eos)
-        spec, stats = speculative_generate(real_pair.target, real_pair.draft, ids, gamma=4, max_new_tokens=24,
-                                           eos_token_id=eos)
-        hf = real_pair.target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                       max_new_tokens=24, eos_token_id=eos)[:, ids.shape[1]:]
+        spec, stats = speculative_generate(
+            real_pair.target, real_pair.draft, ids, gamma=4, max_new_tokens=24, eos_token_id=eos
+        )
+        hf = real_pair.target.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=24, eos_token_id=eos
+        )[:, ids.shape[1] :]
         assert spec.tolist() == plain.tolist() == hf.tolist()
         assert stats.proposed > 0
 
@@ -80,8 +82,10 @@ def test_public_pair_path_loads_local_folders_and_checks_tokenizers(real_pair, t
     pair = load_pair(pair_cfg, OmegaConf.create({"name": "base", "num_layers": 4, "path": None}))
     assert pair.draft.config.num_hidden_layers == 2
     with pytest.raises(SpecfairError, match="cannot load model"):
-        load_pair(OmegaConf.create({"name": "x", "target": str(tmp_path / "nope"), "dtype": "float32"}),
-                  OmegaConf.create({"num_layers": 4}))
+        load_pair(
+            OmegaConf.create({"name": "x", "target": str(tmp_path / "nope"), "dtype": "float32"}),
+            OmegaConf.create({"num_layers": 4}),
+        )
 
 
 def test_load_tokenizer_names_the_source_on_error(tmp_path):

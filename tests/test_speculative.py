@@ -23,8 +23,9 @@ def test_greedy_equals_target_greedy_and_transformers(tiny_pair, gamma):
         ids = torch.tensor([prompt])
         plain = autoregressive_generate(target, ids, max_new_tokens=20)
         spec, stats = speculative_generate(target, draft, ids, gamma=gamma, max_new_tokens=20)
-        hf = target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20,
-                             min_new_tokens=20)[:, ids.shape[1]:]
+        hf = target.generate(
+            ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=20, min_new_tokens=20
+        )[:, ids.shape[1] :]
         assert spec.tolist() == plain.tolist() == hf.tolist()
         assert stats.new_tokens == 20
 
@@ -49,7 +50,9 @@ def test_max_new_tokens_is_exact_and_short_blocks_are_counted(tiny_pair, max_new
     assert 1 + sum(n + 1 for n in stats.accept_lengths) == max_new_tokens
     assert all(g <= min(4, max_new_tokens - 1) for g in stats.proposed_lengths)
     assert sum(stats.proposed_lengths) == stats.proposed and sum(stats.accept_lengths) == stats.accepted
-    assert stats.rejections == sum(n < g for n, g in zip(stats.accept_lengths, stats.proposed_lengths))
+    assert stats.rejections == sum(
+        n < g for n, g in zip(stats.accept_lengths, stats.proposed_lengths, strict=True)
+    )
 
 
 def test_eos_stops_exactly_like_the_target(tiny_pair):
@@ -60,11 +63,15 @@ def test_eos_stops_exactly_like_the_target(tiny_pair):
         eos = free[position]
         expected = free[: free.index(eos) + 1]
         for gamma in (1, 3, 5):
-            out, stats = speculative_generate(target, draft, ids, gamma=gamma, max_new_tokens=30, eos_token_id=eos)
+            out, stats = speculative_generate(
+                target, draft, ids, gamma=gamma, max_new_tokens=30, eos_token_id=eos
+            )
             assert out[0].tolist() == expected
             assert stats.new_tokens == len(expected)
         # the same draft as target: EOS arrives inside an accepted block, which must end there with no bonus
-        out, stats = speculative_generate(target, target, ids, gamma=4, max_new_tokens=30, eos_token_id=[eos, 999])
+        out, stats = speculative_generate(
+            target, target, ids, gamma=4, max_new_tokens=30, eos_token_id=[eos, 999]
+        )
         assert out[0].tolist() == expected and stats.rejections == 0
 
 
@@ -76,8 +83,10 @@ def test_caches_are_reused_not_recomputed(tiny_pair):
     def spy(name):
         return lambda module, args, kwargs: fed[name].append(kwargs["input_ids"].shape[1])
 
-    hooks = [target.register_forward_pre_hook(spy("target"), with_kwargs=True),
-             draft.register_forward_pre_hook(spy("draft"), with_kwargs=True)]
+    hooks = [
+        target.register_forward_pre_hook(spy("target"), with_kwargs=True),
+        draft.register_forward_pre_hook(spy("draft"), with_kwargs=True),
+    ]
     try:
         prompt = PROMPTS[2]
         out, stats = speculative_generate(target, draft, torch.tensor([prompt]), gamma=3, max_new_tokens=25)
@@ -93,7 +102,14 @@ def test_caches_are_reused_not_recomputed(tiny_pair):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(gamma=0), dict(max_new_tokens=0), dict(temperature=-0.1), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=0)],
+    [
+        dict(gamma=0),
+        dict(max_new_tokens=0),
+        dict(temperature=-0.1),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(top_k=0),
+    ],
 )
 def test_bad_arguments_are_one_clear_error(tiny_pair, kwargs):
     target, draft = tiny_pair
@@ -126,7 +142,9 @@ def exact_distribution(model, prompt, steps, temperature, top_k, top_p):
             prefixes = list(joint)
             ids = torch.tensor([prompt + list(p) for p in prefixes])
             probs = logits_to_probs(model(ids).logits[:, -1].float(), temperature, top_k, top_p)
-            joint = {p + (v,): joint[p] * float(probs[i, v]) for i, p in enumerate(prefixes) for v in range(vocab)}
+            joint = {
+                p + (v,): joint[p] * float(probs[i, v]) for i, p in enumerate(prefixes) for v in range(vocab)
+            }
     return joint
 
 
@@ -165,8 +183,17 @@ def test_sampling_preserves_the_target_distribution(temperature, top_k, top_p, n
     samples = []
     accepted = proposed = 0
     for _ in range(n):
-        out, stats = speculative_generate(target, draft, torch.tensor([prompt]), gamma=2, max_new_tokens=steps,
-                                          temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        out, stats = speculative_generate(
+            target,
+            draft,
+            torch.tensor([prompt]),
+            gamma=2,
+            max_new_tokens=steps,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
+        )
         samples.append(tuple(out[0].tolist()))
         accepted, proposed = accepted + stats.accepted, proposed + stats.proposed
     assert 0.05 < accepted / proposed < 0.95  # both acceptance and rejection paths are exercised
@@ -189,8 +216,15 @@ def test_sampling_preserves_the_target_distribution(temperature, top_k, top_p, n
 def test_sampling_is_reproducible_with_a_seeded_generator(tiny_pair):
     target, draft = tiny_pair
     runs = [
-        speculative_generate(target, draft, torch.tensor([[3, 1]]), gamma=3, max_new_tokens=12, temperature=1.0,
-                             generator=torch.Generator().manual_seed(7))[0].tolist()
+        speculative_generate(
+            target,
+            draft,
+            torch.tensor([[3, 1]]),
+            gamma=3,
+            max_new_tokens=12,
+            temperature=1.0,
+            generator=torch.Generator().manual_seed(7),
+        )[0].tolist()
         for _ in range(2)
     ]
     assert runs[0] == runs[1]
@@ -208,8 +242,9 @@ def test_padded_vocabulary_rows_are_never_proposed():
     assert out.tolist() == autoregressive_generate(target, ids, max_new_tokens=10).tolist()
     generator = torch.Generator().manual_seed(0)
     for _ in range(20):
-        out, _ = speculative_generate(target, draft, ids, gamma=3, max_new_tokens=6, temperature=1.0,
-                                      generator=generator)
+        out, _ = speculative_generate(
+            target, draft, ids, gamma=3, max_new_tokens=6, temperature=1.0, generator=generator
+        )
         assert max(out[0].tolist()) < 16
 
 

@@ -74,7 +74,9 @@ def read_table(path: str | Path) -> list[dict]:
     import datasets
 
     extra = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
-    return datasets.load_dataset(builders[path.suffix], data_files=str(path), split="train", **extra).to_list()
+    return datasets.load_dataset(
+        builders[path.suffix], data_files=str(path), split="train", **extra
+    ).to_list()
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:
@@ -109,11 +111,15 @@ def load_records(cfg: DictConfig) -> tuple[list[dict], str]:
         try:
             return read_hub(cfg), "hub"
         except Exception as err:  # unreachable or not cached: fall back, and say so
-            log.info("hub dataset %s unavailable (%s); using the bundled sample", cfg.hub.id, type(err).__name__)
+            log.info(
+                "hub dataset %s unavailable (%s); using the bundled sample", cfg.hub.id, type(err).__name__
+            )
     if source not in ("auto", "bundled"):
         raise SpecfairError(f"dataset.source={source!r}: expected hub, local, bundled or auto")
     if not cfg.get("bundled"):
-        raise SpecfairError(f"dataset {cfg.name} has no bundled sample: set dataset.source=hub or dataset.path")
+        raise SpecfairError(
+            f"dataset {cfg.name} has no bundled sample: set dataset.source=hub or dataset.path"
+        )
     records = read_jsonl(cfg.bundled)
     split = cfg.get("bundled_split")
     if split:
@@ -135,7 +141,9 @@ def to_rows(records: list[dict], cfg: DictConfig, origin: str) -> list[Row]:
     rows, empty = [], 0
     for number, record in enumerate(records, 1):
         if category_field not in record or record[category_field] is None:
-            raise SpecfairError(f"{origin}: row {number} has no {category_field!r} (rows have fields {fields})")
+            raise SpecfairError(
+                f"{origin}: row {number} has no {category_field!r} (rows have fields {fields})"
+            )
         text = cfg.get("text_join", " ").join(str(record.get(f) or "") for f in text_fields)
         if not text.strip():
             empty += 1
@@ -143,7 +151,9 @@ def to_rows(records: list[dict], cfg: DictConfig, origin: str) -> list[Row]:
         category = record[category_field]
         if label_names and isinstance(category, int):
             if not 0 <= category < len(label_names):
-                raise SpecfairError(f"{origin}: row {number}: label {category} outside label_names {label_names}")
+                raise SpecfairError(
+                    f"{origin}: row {number}: label {category} outside label_names {label_names}"
+                )
             category = label_names[category]
         rows.append(Row(text, str(category)))
     if empty:
@@ -175,8 +185,12 @@ def select_prompts(rows: list[Row], categories: list[str], per_category: int, se
         unique = list({r.id: r for r in rows if r.category == category}.values())
         random.Random(f"{seed}:{category}").shuffle(unique)
         if len(unique) < per_category:
-            log.warning("category %r has %d rows, fewer than dataset.per_category=%d: using all of them",
-                        category, len(unique), per_category)
+            log.warning(
+                "category %r has %d rows, fewer than dataset.per_category=%d: using all of them",
+                category,
+                len(unique),
+                per_category,
+            )
         chosen.extend(unique[:per_category])
     return chosen
 
@@ -194,5 +208,7 @@ def tokenize_prompts(rows: list[Row], tokenizer, prompt_tokens: int, max_prompt_
             truncated += 1
         prompts.append(Prompt(row.id, row.category, row.text, ids))
     if truncated:
-        log.warning("%d prompts exceed the model context: kept their last %d tokens", truncated, max_prompt_tokens)
+        log.warning(
+            "%d prompts exceed the model context: kept their last %d tokens", truncated, max_prompt_tokens
+        )
     return prompts

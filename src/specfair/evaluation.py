@@ -34,8 +34,16 @@ def _single(batch):
 
 
 class EvalModule(pl.LightningModule):
-    def __init__(self, pair: Pair, prompts: list[Prompt], categories: list[str], spec: dict, seed: int,
-                 out_dir: str | Path, meta: dict):
+    def __init__(
+        self,
+        pair: Pair,
+        prompts: list[Prompt],
+        categories: list[str],
+        spec: dict,
+        seed: int,
+        out_dir: str | Path,
+        meta: dict,
+    ):
         super().__init__()
         self.target, self.draft = pair.target, pair.draft
         self.eos_token_id = pair.tokenizer.eos_token_id
@@ -54,10 +62,14 @@ class EvalModule(pl.LightningModule):
     def _generate(self, ids: torch.Tensor, index: int, speculative: bool, max_new_tokens: int):
         generator = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + index)
         sampling = {k: self.spec.get(k) for k in ("temperature", "top_k", "top_p")}
-        kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=self.eos_token_id, generator=generator, **sampling)
+        kwargs = dict(
+            max_new_tokens=max_new_tokens, eos_token_id=self.eos_token_id, generator=generator, **sampling
+        )
         start = now(self.device)
         if speculative:
-            out, stats = speculative_generate(self.target, self.draft, ids, gamma=self.spec["gamma"], **kwargs)
+            out, stats = speculative_generate(
+                self.target, self.draft, ids, gamma=self.spec["gamma"], **kwargs
+            )
         else:
             out, stats = autoregressive_generate(self.target, ids, **kwargs), None
         return out[0].tolist(), stats, now(self.device) - start
@@ -119,8 +131,17 @@ class EvalModule(pl.LightningModule):
             records.sort(key=lambda r: r["index"])
             if len(records) != len(self.prompts) or len({r["index"] for r in records}) != len(records):
                 raise RuntimeError(f"evaluated {len(records)} records for {len(self.prompts)} prompts")
-            write_outputs(self.out_dir, records, {**self.meta, **result, "lossless_mismatches": sum(
-                not r["matches_baseline"] for r in records) if self.spec["temperature"] == 0 else None})
+            write_outputs(
+                self.out_dir,
+                records,
+                {
+                    **self.meta,
+                    **result,
+                    "lossless_mismatches": sum(not r["matches_baseline"] for r in records)
+                    if self.spec["temperature"] == 0
+                    else None,
+                },
+            )
         self.trainer.strategy.barrier()
         self.partial.unlink(missing_ok=True)
 
@@ -159,19 +180,35 @@ def evaluate(cfg: DictConfig) -> dict | None:
     rows, source = load_rows(cfg.dataset)
     categories = categories_of(rows, cfg.dataset)
     chosen = select_prompts(rows, categories, int(cfg.dataset.per_category), int(cfg.seed))
-    log.info("dataset %s (%s): %d prompts over %d categories", cfg.dataset.name, source, len(chosen), len(categories))
+    log.info(
+        "dataset %s (%s): %d prompts over %d categories",
+        cfg.dataset.name,
+        source,
+        len(chosen),
+        len(categories),
+    )
 
     pair = load_pair(cfg.pair, cfg.draft, device_hint(cfg.trainer))
     context = getattr(pair.target.config, "max_position_embeddings", None) or 1 << 30
     max_prompt = context - spec["max_new_tokens"] - spec["gamma"] - 1
     prompts = tokenize_prompts(chosen, pair.tokenizer, int(cfg.dataset.prompt_tokens), max_prompt)
 
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False,
-                                      use_distributed_sampler=False, enable_model_summary=False)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer,
+        logger=False,
+        enable_checkpointing=False,
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+    )
     meta = {
-        "dataset": {"name": cfg.dataset.name, "source": source, "categories": categories,
-                    "per_category": int(cfg.dataset.per_category), "prompt_tokens": int(cfg.dataset.prompt_tokens),
-                    "prompts": len(prompts)},
+        "dataset": {
+            "name": cfg.dataset.name,
+            "source": source,
+            "categories": categories,
+            "per_category": int(cfg.dataset.per_category),
+            "prompt_tokens": int(cfg.dataset.prompt_tokens),
+            "prompts": len(prompts),
+        },
         "pair": {"name": cfg.pair.name, "target": cfg.pair.target, "draft": cfg.pair.get("draft")},
         "draft": OmegaConf.to_container(cfg.draft, resolve=True),
         "spec": spec,
@@ -210,15 +247,19 @@ def summary_table(summary: dict):
     from rich.table import Table
 
     spec = summary["spec"]
-    title = (f"{summary['dataset']['name']} · {summary['pair']['name']} · draft={summary['draft']['name']} · "
-             f"gamma={spec['gamma']} · T={spec['temperature']}")
+    title = (
+        f"{summary['dataset']['name']} · {summary['pair']['name']} · draft={summary['draft']['name']} · "
+        f"gamma={spec['gamma']} · T={spec['temperature']}"
+    )
     table = Table(title=title)
     table.add_column("category")
     for _, header, _ in TABLE_COLUMNS:
         table.add_column(header, justify="right")
 
     def cells(group):
-        return [fmt.format(group[key]) if group.get(key) is not None else "n/a" for key, _, fmt in TABLE_COLUMNS]
+        return [
+            fmt.format(group[key]) if group.get(key) is not None else "n/a" for key, _, fmt in TABLE_COLUMNS
+        ]
 
     for name, group in summary["categories"].items():
         table.add_row(name, *cells(group))

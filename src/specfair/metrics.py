@@ -49,8 +49,12 @@ class CategoryAcceptance(Metric):
         size = len(self.categories)
         for name in COUNTERS:
             self.add_state(name, torch.zeros(size, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("position_hits", torch.zeros(size, self.gamma, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("position_trials", torch.zeros(size, self.gamma, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state(
+            "position_hits", torch.zeros(size, self.gamma, dtype=torch.float64), dist_reduce_fx="sum"
+        )
+        self.add_state(
+            "position_trials", torch.zeros(size, self.gamma, dtype=torch.float64), dist_reduce_fx="sum"
+        )
 
     def update(self, record: dict) -> None:
         """One prompt's record (as written to samples.jsonl)."""
@@ -107,4 +111,3 @@ class CategoryAcceptance(Metric):
         for i, name in enumerate(self.categories):
             result["categories"][name] = self._group(torch.arange(len(self.categories)) == i)
         return result
-

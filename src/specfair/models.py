@@ -121,7 +121,9 @@ def truncated_draft(target: PreTrainedModel, num_layers: int) -> PreTrainedModel
     """The target's first `num_layers` decoder layers with copies of its embeddings, norm and head."""
     total = target.config.num_hidden_layers
     if not 1 <= num_layers <= total:
-        raise SpecfairError(f"draft.num_layers={num_layers} must be between 1 and the target's {total} layers")
+        raise SpecfairError(
+            f"draft.num_layers={num_layers} must be between 1 and the target's {total} layers"
+        )
     config = copy.deepcopy(target.config)
     config.num_hidden_layers = num_layers
     if getattr(config, "layer_types", None) is not None:
@@ -138,7 +140,9 @@ def truncated_draft(target: PreTrainedModel, num_layers: int) -> PreTrainedModel
     missing, unexpected = draft.load_state_dict(keep, strict=False)
     missing = [k for k in missing if k != "lm_head.weight" or not config.tie_word_embeddings]
     if missing or unexpected:
-        raise SpecfairError(f"cannot truncate {type(target).__name__}: missing {missing}, unexpected {unexpected}")
+        raise SpecfairError(
+            f"cannot truncate {type(target).__name__}: missing {missing}, unexpected {unexpected}"
+        )
     draft.generation_config = copy.deepcopy(target.generation_config)
     return draft.eval().requires_grad_(False)
 
@@ -182,5 +186,7 @@ def load_pair(pair_cfg, draft_cfg, device: str | torch.device = "cpu") -> Pair:
     for role, model in (("target", target), ("draft", draft)):
         rows = model.get_output_embeddings().weight.shape[0]
         if rows < limit and rows < max(tokenizer.get_vocab().values()) + 1:
-            raise SpecfairError(f"{role} scores {rows} tokens but the tokenizer has {limit}: not a matching pair")
+            raise SpecfairError(
+                f"{role} scores {rows} tokens but the tokenizer has {limit}: not a matching pair"
+            )
     return Pair(target.to(device), draft.to(device), tokenizer)

@@ -213,8 +213,18 @@ def speculative_generate(
         done = token in eos or max_new_tokens == 1
         while not done:
             remaining = max_new_tokens - (len(tokens) - start)
-            proposals, dists = draft_block(draft, d_cache, tokens, min(gamma, remaining - 1), vocab, eos=eos,
-                                           temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            proposals, dists = draft_block(
+                draft,
+                d_cache,
+                tokens,
+                min(gamma, remaining - 1),
+                vocab,
+                eos=eos,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                generator=generator,
+            )
             t2 = now(device)
             target_logits = forward(target, t_cache, tokens + proposals, keep=len(proposals) + 1)[:, :vocab]
             n, token = accept(proposals, dists, target_logits, *sampling)

@@ -32,21 +32,38 @@ def log_evaluation(summary: dict, records: list[dict], decode, logger_cfg, run_d
         categories = wandb.Table(columns=["category", *METRICS])
         for category, group in summary["categories"].items():
             categories.add_data(category, *[group.get(m) for m in METRICS])
-        flat = {f"{scope}/{m}": group.get(m) for scope, group in
-                [("overall", summary["overall"]), *summary["categories"].items()] for m in METRICS}
-        samples = wandb.Table(columns=["id", "category", "prompt", "output", "proposed", "accepted",
-                                       "new_tokens", "speedup"])
+        flat = {
+            f"{scope}/{m}": group.get(m)
+            for scope, group in [("overall", summary["overall"]), *summary["categories"].items()]
+            for m in METRICS
+        }
+        samples = wandb.Table(
+            columns=["id", "category", "prompt", "output", "proposed", "accepted", "new_tokens", "speedup"]
+        )
         for r in records:
-            samples.add_data(r["id"], r["category"], decode(r["prompt_ids"]), decode(r["output_ids"]),
-                             r["proposed"], r["accepted"], r["new_tokens"],
-                             r["baseline_wall_s"] / r["wall_s"] if r["wall_s"] > 0 else None)
-        run.log({
-            **{k: v for k, v in flat.items() if v is not None},
-            "categories": categories,
-            "samples": samples,
-            "alpha_by_category": wandb.plot.bar(categories, "category", "alpha", title="alpha by category"),
-            "speedup_by_category": wandb.plot.bar(categories, "category", "speedup", title="speedup by category"),
-        })
+            samples.add_data(
+                r["id"],
+                r["category"],
+                decode(r["prompt_ids"]),
+                decode(r["output_ids"]),
+                r["proposed"],
+                r["accepted"],
+                r["new_tokens"],
+                r["baseline_wall_s"] / r["wall_s"] if r["wall_s"] > 0 else None,
+            )
+        run.log(
+            {
+                **{k: v for k, v in flat.items() if v is not None},
+                "categories": categories,
+                "samples": samples,
+                "alpha_by_category": wandb.plot.bar(
+                    categories, "category", "alpha", title="alpha by category"
+                ),
+                "speedup_by_category": wandb.plot.bar(
+                    categories, "category", "speedup", title="speedup by category"
+                ),
+            }
+        )
         run.summary.update({k: v for k, v in flat.items() if v is not None})
     finally:
         run.finish()

@@ -1,0 +1,467 @@
+"""Is our speculative engine faster than plain decoding, and than transformers' assisted generation?
+
+Greedy decoding of the same real prompts (bundled AG News eval texts, first 32 tokens) by three methods, in
+one run and one process, so that their speeds are comparable:
+
+  target       plain decoding with the target (`autoregressive_generate`)
+  hf_assisted  transformers' assisted generation with the same draft, forced to a constant gamma
+  engine       `speculative_generate`, this project's engine
+
+After one warm-up generation per method, each repeat times every method over all prompts (the order rotates
+between repeats) and the median over repeats is reported, with the engine's measured acceptance and cost
+ratio and the speedup Leviathan et al. (2023) predict from them. All three outputs must be token-identical
+on every prompt: greedy speculative decoding is lossless, so a difference is a bug and exits non-zero.
+
+Run:  make bench
+      HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_decoding.py --prompts 8 --max-new-tokens 64 --gamma 4
+      ... --draft-path outputs/draft          (a fine-tuned draft instead of the truncated one)
+      ... --device cuda --random-weights      (a GPU machine without the weights: timing only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from rich.console import Console
+from rich.table import Table
+from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+
+from specfair import ROOT
+from specfair.errors import SpecfairError
+from specfair.models import (
+    EMBEDDED,
+    load_model,
+    load_tokenizer,
+    resolve_dtype,
+    resolve_source,
+    truncated_draft,
+)
+from specfair.speculative import DecodeStats, autoregressive_generate, speculative_generate
+
+SAMPLES = ROOT / "data" / "samples" / "agnews.jsonl"
+PROMPT_TOKENS = 32
+METHODS = ("target", "hf_assisted", "engine")
+
+# The embedded target's config (SmolLM2-135M-Instruct), written out so --random-weights needs no model files.
+SMOLLM2_135M = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    head_dim=64,
+    hidden_act="silu",
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+    rope_parameters={"rope_theta": 100000.0, "rope_type": "default"},
+    tie_word_embeddings=True,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=2,
+)
+
+console = Console()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--prompts", type=int, default=8, help="number of bundled AG News eval prompts")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--gamma", type=int, default=4, help="tokens drafted per block (both speculative methods)"
+    )
+    parser.add_argument("--draft-layers", type=int, default=4, help="layers of the truncated draft")
+    parser.add_argument(
+        "--draft-path", help="local HF folder of a (fine-tuned) draft; default: truncated target"
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16", "auto"],
+        default="float32",
+        help="float32 keeps greedy ties bit-stable, so the identity check is meaningful; "
+        "auto is bfloat16 on cuda",
+    )
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="target and draft with random weights from the embedded config (timing only)",
+    )
+    parser.add_argument("--json", type=Path, help="write the results to this file")
+    args = parser.parse_args(argv)
+    for name in ("prompts", "max_new_tokens", "gamma", "draft_layers", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device available")
+    return args
+
+
+# --- models and prompts ------------------------------------------------------------------------------
+
+
+def try_tokenizer():
+    try:
+        return load_tokenizer(EMBEDDED)
+    except SpecfairError as err:
+        console.print(f"[yellow]no tokenizer ({err}); using random prompt token ids[/]")
+        return None
+
+
+def embedded_config() -> LlamaConfig:
+    """The embedded target's config from its files, else the written-out copy."""
+    try:
+        return AutoConfig.from_pretrained(resolve_source(EMBEDDED))
+    except (SpecfairError, OSError):
+        return LlamaConfig(**SMOLLM2_135M)
+
+
+def build_models(args, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedModel, str]:
+    """Target, draft and a one-line description of the draft."""
+    if args.random_weights:
+        torch.manual_seed(0)
+        target = LlamaForCausalLM(embedded_config()).to(dtype).eval().requires_grad_(False)
+    else:
+        target = load_model(EMBEDDED, dtype)
+    if args.draft_path:
+        draft, label = load_model(args.draft_path, dtype), f"{args.draft_path}"
+    else:
+        draft, label = truncated_draft(target, args.draft_layers), f"first {args.draft_layers} target layers"
+    return target.to(args.device), draft.to(args.device), label
+
+
+def load_prompts(tokenizer, count: int, vocab: int) -> list[list[int]]:
+    """`count` eval texts spread evenly over the bundled file (so over its categories), cut to 32 tokens."""
+    if tokenizer is None:
+        generator = torch.Generator().manual_seed(0)
+        return [torch.randint(3, vocab, (PROMPT_TOKENS,), generator=generator).tolist() for _ in range(count)]
+    rows = [json.loads(line) for line in SAMPLES.open(encoding="utf-8") if line.strip()]
+    texts = [r["text"] for r in rows if r["split"] == "eval"]
+    if count > len(texts):
+        raise SpecfairError(f"--prompts {count}: the bundled sample has only {len(texts)} eval texts")
+    chosen = texts[:: len(texts) // count][:count]
+    return [tokenizer(text, add_special_tokens=False)["input_ids"][:PROMPT_TOKENS] for text in chosen]
+
+
+def configure_assistant(draft: PreTrainedModel, gamma: int) -> None:
+    """Make transformers' assisted generation draft exactly `gamma` tokens per round.
+
+    In transformers 5.x the candidate generator reads these settings from the *assistant's* generation
+    config (kwargs of `target.generate` do not reach it), fills unset ones with defaults of 20 tokens and
+    a confidence threshold of 0.4, and the threshold stops a round early whenever the draft's top
+    probability falls below it. A threshold of 0 disables that stop (and the sklearn-driven re-tuning).
+    """
+    draft.generation_config.num_assistant_tokens = gamma
+    draft.generation_config.num_assistant_tokens_schedule = "constant"
+    draft.generation_config.assistant_confidence_threshold = 0.0
+
+
+# --- the three methods -------------------------------------------------------------------------------
+
+Generate = Callable[[torch.Tensor], tuple[list[int], DecodeStats | None]]
+
+
+def make_methods(target, draft, *, gamma: int, max_new_tokens: int, eos: int | None) -> dict[str, Generate]:
+    """Each method maps a `[1, L]` prompt to (new token ids, engine stats or None)."""
+
+    def plain(ids):
+        out = autoregressive_generate(target, ids, max_new_tokens=max_new_tokens, eos_token_id=eos)
+        return out[0].tolist(), None
+
+    def hf_assisted(ids):  # gamma and the schedule come from draft.generation_config: configure_assistant
+        out = target.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            assistant_model=draft,
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )
+        return out[0, ids.shape[1] :].tolist(), None
+
+    def engine(ids):
+        out, stats = speculative_generate(
+            target, draft, ids, gamma=gamma, max_new_tokens=max_new_tokens, eos_token_id=eos
+        )
+        return out[0].tolist(), stats
+
+    return {"target": plain, "hf_assisted": hf_assisted, "engine": engine}
+
+
+def clock(device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+@dataclass
+class Run:
+    """One method over all prompts once."""
+
+    seconds: float
+    outputs: list[list[int]]
+    stats: list[DecodeStats] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(out) for out in self.outputs)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def time_method(generate: Generate, prompts: list[torch.Tensor], device: str) -> Run:
+    outputs, stats = [], []
+    with torch.inference_mode():
+        start = clock(device)
+        for ids in prompts:
+            out, st = generate(ids)
+            outputs.append(out)
+            if st is not None:
+                stats.append(st)
+        seconds = clock(device) - start
+    return Run(seconds, outputs, stats)
+
+
+def hf_rounds(target, draft, generate: Generate, ids: torch.Tensor) -> list[int]:
+    """Draft forwards before each target forward of one assisted generation: the drafted tokens per round."""
+    calls: list[str] = []
+    hooks = [
+        target.register_forward_pre_hook(lambda *_: calls.append("T")),
+        draft.register_forward_pre_hook(lambda *_: calls.append("d")),
+    ]
+    try:
+        with torch.inference_mode():
+            generate(ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [len(run) for run in "".join(calls).split("T")[:-1]]
+
+
+def benchmark(methods: dict[str, Generate], prompts, repeats: int, device: str) -> dict[str, list[Run]]:
+    """Runs per method; the method order rotates each repeat so that none always runs first or last."""
+    runs: dict[str, list[Run]] = {name: [] for name in methods}
+    names = list(methods)
+    for r in range(repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            runs[name].append(time_method(methods[name], prompts, device))
+        console.print(
+            f"repeat {r + 1}/{repeats}: "
+            + ", ".join(f"{name} {runs[name][-1].tokens_per_s:.1f} tok/s" for name in names)
+        )
+    return runs
+
+
+def check_identical(runs: dict[str, list[Run]], prompts: list[torch.Tensor]) -> None:
+    """Every method, every repeat, every prompt: the same tokens as the target's first run."""
+    reference = runs["target"][0].outputs
+    for name, method_runs in runs.items():
+        for r, run in enumerate(method_runs):
+            for i, (got, want) in enumerate(zip(run.outputs, reference, strict=True)):
+                if got != want:
+                    at = next(
+                        (k for k, (a, b) in enumerate(zip(got, want, strict=False)) if a != b),
+                        min(len(got), len(want)),
+                    )
+                    sys.exit(
+                        f"FAIL: {name} (repeat {r + 1}) differs from target greedy on prompt {i} "
+                        f"(prompt ids {prompts[i][0, :8].tolist()}...) at new token {at}: "
+                        f"{got[at : at + 5]} vs {want[at : at + 5]} ({len(got)} vs {len(want)} tokens)"
+                    )
+
+
+# --- metrics ----------------------------------------------------------------------------------------
+
+
+def leviathan_speedup(alpha: float, gamma: int, c: float) -> float:
+    """Expected walltime improvement (Leviathan et al. 2023, Thm 3.8): (1-α^(γ+1)) / ((1-α)(γc+1))."""
+    return expected_block_tokens(alpha, gamma) / (gamma * c + 1)
+
+
+def expected_block_tokens(alpha: float, gamma: int) -> float:
+    """Expected tokens per target call, (1-α^(γ+1))/(1-α); γ+1 when every draft is accepted."""
+    return gamma + 1.0 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+
+
+def summarize(runs: dict[str, list[Run]], gamma: int) -> dict:
+    median_tps = {name: statistics.median(run.tokens_per_s for run in rs) for name, rs in runs.items()}
+
+    def ratio(a: str, b: str) -> float:  # paired per repeat (same conditions), then the median
+        return statistics.median(
+            x.tokens_per_s / y.tokens_per_s for x, y in zip(runs[a], runs[b], strict=True)
+        )
+
+    stats = runs["engine"][0].stats  # greedy: the counters are the same every repeat
+    accepted = sum(s.accepted for s in stats)
+    rejections = sum(s.rejections for s in stats)
+    proposed = sum(s.proposed for s in stats)
+    alpha = accepted / (accepted + rejections) if accepted + rejections else math.nan
+    costs = []
+    for engine_run, target_run in zip(runs["engine"], runs["target"], strict=True):
+        steps = sum(sum(s.proposed_lengths) for s in engine_run.stats)
+        draft_step_s = sum(s.draft_s for s in engine_run.stats) / steps
+        costs.append(draft_step_s / (target_run.seconds / target_run.tokens))
+    c = statistics.median(costs)
+    predicted = leviathan_speedup(alpha, gamma, c)
+    measured = ratio("engine", "target")
+    return {
+        "tokens": runs["target"][0].tokens,
+        "tokens_per_s": {
+            name: {
+                "median": median_tps[name],
+                "repeats": [r.tokens_per_s for r in rs],
+                "seconds": [r.seconds for r in rs],
+            }
+            for name, rs in runs.items()
+        },
+        "ratios": {
+            "engine/target": measured,
+            "hf_assisted/target": ratio("hf_assisted", "target"),
+            "engine/hf_assisted": ratio("engine", "hf_assisted"),
+        },
+        "engine": {
+            "alpha": alpha,
+            "acceptance_rate": accepted / proposed if proposed else math.nan,
+            "block_efficiency": sum(s.new_tokens for s in stats) / sum(1 + s.blocks for s in stats),
+            "predicted_block_efficiency": expected_block_tokens(alpha, gamma),
+            "accepted": accepted,
+            "proposed": proposed,
+            "rejections": rejections,
+            "blocks": sum(s.blocks for s in stats),
+            "cost_ratio_c": c,
+            "cost_ratio_c_repeats": costs,
+            "predicted_speedup": predicted,
+            "measured_speedup": measured,
+            "prediction_error_pct": 100 * (measured - predicted) / predicted,
+        },
+    }
+
+
+# --- report -----------------------------------------------------------------------------------------
+
+
+def print_report(summary: dict, repeats: int) -> None:
+    speed = Table(
+        title=f"Greedy decoding throughput ({summary['tokens']} new tokens per run, median of {repeats})"
+    )
+    speed.add_column("method")
+    speed.add_column("tokens/s (median)", justify="right")
+    speed.add_column("per repeat", justify="right")
+    for name in METHODS:
+        tps = summary["tokens_per_s"][name]
+        speed.add_row(name, f"{tps['median']:.1f}", "  ".join(f"{x:.1f}" for x in tps["repeats"]))
+    console.print(speed)
+
+    ratios = Table(title="Speed ratios (median of per-repeat ratios; > 1: first is faster)")
+    ratios.add_column("ratio")
+    ratios.add_column("value", justify="right")
+    for name, value in summary["ratios"].items():
+        ratios.add_row(name, f"{value:.3f}")
+    console.print(ratios)
+
+    e = summary["engine"]
+    model = Table(title="Engine acceptance and the Leviathan et al. cost model")
+    model.add_column("quantity")
+    model.add_column("value", justify="right")
+    rows = [
+        (
+            "alpha = accepted / (accepted + rejections)",
+            f"{e['alpha']:.3f}  ({e['accepted']}/{e['accepted'] + e['rejections']})",
+        ),
+        (
+            "acceptance rate = accepted / proposed",
+            f"{e['acceptance_rate']:.3f}  ({e['accepted']}/{e['proposed']})",
+        ),
+        ("block efficiency = new tokens / target calls", f"{e['block_efficiency']:.3f}"),
+        ("  predicted from alpha: (1-a^(g+1))/(1-a)", f"{e['predicted_block_efficiency']:.3f}"),
+        ("cost ratio c = draft s/step / target s/token", f"{e['cost_ratio_c']:.3f}"),
+        ("predicted speedup (1-a^(g+1))/((1-a)(gc+1))", f"{e['predicted_speedup']:.3f}"),
+        ("measured speedup engine/target", f"{e['measured_speedup']:.3f}"),
+        ("measured vs predicted", f"{e['prediction_error_pct']:+.1f} %"),
+    ]
+    for row in rows:
+        model.add_row(*row)
+    console.print(model)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    transformers.logging.set_verbosity_error()  # the assistant's internal generate() warns on every call
+    transformers.logging.disable_progress_bar()
+    dtype = resolve_dtype(args.dtype, args.device)
+    try:
+        tokenizer = try_tokenizer() if args.random_weights else load_tokenizer(EMBEDDED)
+        target, draft, draft_label = build_models(args, dtype)
+        prompts = load_prompts(tokenizer, args.prompts, target.config.vocab_size)
+    except SpecfairError as err:
+        sys.exit(f"error: {err}")
+    eos = tokenizer.eos_token_id if tokenizer is not None else target.config.eos_token_id
+    configure_assistant(draft, args.gamma)
+    prompts = [torch.tensor([ids], device=args.device) for ids in prompts]
+    methods = make_methods(target, draft, gamma=args.gamma, max_new_tokens=args.max_new_tokens, eos=eos)
+
+    config = {
+        "target": "random weights, embedded config" if args.random_weights else EMBEDDED,
+        "target_layers": target.config.num_hidden_layers,
+        "draft": draft_label,
+        "draft_layers": draft.config.num_hidden_layers,
+        "prompts": len(prompts),
+        "prompt_tokens": PROMPT_TOKENS,
+        "max_new_tokens": args.max_new_tokens,
+        "gamma": args.gamma,
+        "repeats": args.repeats,
+        "device": args.device,
+        "dtype": str(dtype).removeprefix("torch."),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+    console.print(" ".join(f"{k}={v}" for k, v in config.items()))
+
+    for generate in methods.values():  # warm-up: one generation per method
+        with torch.inference_mode():
+            generate(prompts[0])
+    rounds = hf_rounds(target, draft, methods["hf_assisted"], prompts[0])
+    console.print(
+        f"hf_assisted warm-up check: {len(rounds)} rounds, drafted tokens per round max "
+        f"{max(rounds)} mean {statistics.mean(rounds):.2f} (gamma={args.gamma}; fewer only near the end)"
+    )
+    if max(rounds) > args.gamma:
+        sys.exit(f"FAIL: hf_assisted drafted up to {max(rounds)} tokens per round, not gamma={args.gamma}")
+
+    runs = benchmark(methods, prompts, args.repeats, args.device)
+    check_identical(runs, prompts)
+    console.print(
+        f"[green]identical[/]: all {len(METHODS)} methods gave the same tokens on all "
+        f"{len(prompts)} prompts in all {args.repeats} repeats"
+    )
+    summary = summarize(runs, args.gamma)
+    print_report(summary, args.repeats)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"config": config, "hf_rounds_warmup": rounds, **summary}, indent=2))
+        console.print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

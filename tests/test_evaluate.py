@@ -1,0 +1,184 @@
+"""evaluate.py end to end on the real embedded pair and bundled data (small sizes), as a user runs it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import compose_cfg
+
+from specfair import ROOT
+
+SMALL = ["dataset.per_category=2", "spec.max_new_tokens=8", "seed=3"]
+
+
+def run_evaluate(*overrides, multirun=False):
+    cmd = [sys.executable, str(ROOT / "evaluate.py"), *(["-m"] if multirun else []), *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd="/")
+
+
+@pytest.mark.parametrize(
+    "group, options",
+    [
+        ("dataset", ["agnews", "imdb", "emotion", "sst2", "local"]),
+        ("pair", ["smollm2_135m", "smollm2_135m_360m", "pythia_70m_1.4b"]),
+        ("trainer", ["default", "gpu", "ddp_cpu"]),
+        ("logger", ["wandb", "none"]),
+    ],
+)
+def test_every_config_option_composes(group, options):
+    for option in options:
+        cfg = compose_cfg(f"{group}={option}")
+        assert cfg[group] is not None
+        assert compose_cfg(f"{group}={option}", config="train")[group] == cfg[group]
+
+
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    result = run_evaluate(*SMALL, "logger=wandb", f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_run_writes_complete_per_category_results(single_run):
+    out, result = single_run
+    summary = json.loads((out / "summary.json").read_text())
+    samples = [json.loads(line) for line in (out / "samples.jsonl").open()]
+    categories = ["World", "Sports", "Business", "Sci/Tech"]
+    assert summary["dataset"]["name"] == "agnews" and summary["dataset"]["source"] == "bundled"
+    assert list(summary["categories"]) == categories
+    assert summary["pair"]["name"] == "smollm2_135m" and summary["draft"]["name"] == "base"
+    assert summary["spec"]["gamma"] == 4 and summary["lossless_mismatches"] == 0
+    keys = {
+        "prompts",
+        "new_tokens",
+        "proposed",
+        "accepted",
+        "blocks",
+        "rejections",
+        "target_calls",
+        "acceptance_rate",
+        "alpha",
+        "block_efficiency",
+        "position_acceptance",
+        "speedup",
+        "tokens_per_s",
+        "baseline_tokens_per_s",
+    }
+    for group in [summary["overall"], *summary["categories"].values()]:
+        assert keys <= set(group)
+        assert len(group["position_acceptance"]) == 4
+    assert len(samples) == 8 and [s["category"] for s in samples] == [c for c in categories for _ in range(2)]
+    for s in samples:
+        assert s["output_ids"] == s["baseline_output_ids"] and s["new_tokens"] == 8
+        assert s["target_calls"] == 1 + s["blocks"] and sum(s["accept_lengths"]) == s["accepted"]
+    # the summary is the ratio of the per-prompt sums, per category
+    sports = [s for s in samples if s["category"] == "Sports"]
+    accepted = sum(s["accepted"] for s in sports)
+    assert summary["categories"]["Sports"]["acceptance_rate"] == pytest.approx(
+        accepted / sum(s["proposed"] for s in sports)
+    )
+    assert not list(out.glob("*.partial.jsonl"))
+    assert "overall" in result.stdout and "Sci/Tech" in result.stdout  # the table
+    assert list((out / "wandb").glob("offline-run-*")), "W&B offline run missing"
+
+
+def test_two_processes_evaluate_every_prompt_once_and_agree(single_run, tmp_path):
+    out, _ = single_run
+    result = run_evaluate(*SMALL, "logger=none", "trainer=ddp_cpu", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = json.loads((out / "summary.json").read_text())
+    two = json.loads((tmp_path / "summary.json").read_text())
+    assert two["world_size"] == 2
+    counts = [
+        "prompts",
+        "new_tokens",
+        "proposed",
+        "accepted",
+        "blocks",
+        "rejections",
+        "target_calls",
+        "acceptance_rate",
+        "alpha",
+        "block_efficiency",
+        "position_acceptance",
+    ]
+    for scope in ["overall", *one["categories"]]:
+        a = one["overall"] if scope == "overall" else one["categories"][scope]
+        b = two["overall"] if scope == "overall" else two["categories"][scope]
+        assert {k: a[k] for k in counts} == {k: b[k] for k in counts}, scope
+    ids_one = [json.loads(line)["id"] for line in (out / "samples.jsonl").open()]
+    ids_two = [json.loads(line)["id"] for line in (tmp_path / "samples.jsonl").open()]
+    assert ids_one == ids_two and len(set(ids_two)) == len(ids_two)
+
+
+def test_every_bundled_dataset_runs_in_one_multirun(tmp_path):
+    result = run_evaluate(
+        "dataset=agnews,imdb,emotion,sst2",
+        "dataset.per_category=1",
+        "spec.max_new_tokens=4",
+        "logger=none",
+        f"hydra.sweep.dir={tmp_path}",
+        multirun=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = sorted(tmp_path.glob("*/summary.json"))
+    names = {json.loads(p.read_text())["dataset"]["name"]: json.loads(p.read_text()) for p in summaries}
+    assert set(names) == {"agnews", "imdb", "emotion", "sst2"}
+    assert len(names["emotion"]["categories"]) == 6 and names["imdb"]["overall"]["prompts"] == 2
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["spec.gamma=0"], "spec.gamma=0: must be >= 1"),
+        (["spec.max_new_tokens=0"], "spec.max_new_tokens=0: must be >= 1"),
+        (["spec.temperature=-1"], "spec.temperature=-1"),
+        (["spec.top_p=1.5"], "spec.top_p=1.5: must be in (0, 1]"),
+        (
+            ["dataset=local", "dataset.path=/nonexistent/rows.jsonl"],
+            "dataset file /nonexistent/rows.jsonl not found",
+        ),
+        (["dataset.text_field=body"], "no field 'body'; rows have fields"),
+        (["draft.num_layers=31"], "draft.num_layers=31 must be between 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_no_results(tmp_path, overrides, message):
+    result = run_evaluate(*overrides, "logger=none", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "samples.jsonl").exists()
+    assert message in (tmp_path / "error.txt").read_text()
+
+
+def test_unknown_dataset_lists_the_options(tmp_path):
+    result = run_evaluate("dataset=nope", f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0 and "agnews" in result.stderr and "nope" in result.stderr
+
+
+def test_local_jsonl_dataset(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        "".join(
+            json.dumps({"body": f"The {w} market rose sharply today as traders", "kind": k}) + "\n"
+            for w, k in [("stock", "a"), ("bond", "a"), ("gold", "b"), ("oil", "b")]
+        )
+    )
+    out = tmp_path / "run"
+    result = run_evaluate(
+        "dataset=local",
+        f"dataset.path={rows}",
+        "dataset.text_field=body",
+        "dataset.category_field=kind",
+        "spec.max_new_tokens=4",
+        "logger=none",
+        f"hydra.run.dir={out}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(Path(out, "summary.json").read_text())
+    assert summary["dataset"]["source"] == "local" and list(summary["categories"]) == ["a", "b"]
+    assert summary["overall"]["prompts"] == 4
