@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -39,6 +40,7 @@ from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, PreTrainedMo
 
 from specfair import ROOT
 from specfair.errors import SpecfairError
+from specfair.metrics import predicted_block_efficiency
 from specfair.models import (
     EMBEDDED,
     load_model,
@@ -292,14 +294,10 @@ def check_identical(runs: dict[str, list[Run]], prompts: list[torch.Tensor]) -> 
 # --- metrics ----------------------------------------------------------------------------------------
 
 
-def leviathan_speedup(alpha: float, gamma: int, c: float) -> float:
-    """Expected walltime improvement (Leviathan et al. 2023, Thm 3.8): (1-α^(γ+1)) / ((1-α)(γc+1))."""
-    return expected_block_tokens(alpha, gamma) / (gamma * c + 1)
-
-
-def expected_block_tokens(alpha: float, gamma: int) -> float:
-    """Expected tokens per target call, (1-α^(γ+1))/(1-α); γ+1 when every draft is accepted."""
-    return gamma + 1.0 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+def leviathan_speedup(alpha: float, gamma: int, c: float, verify_cost: float = 1.0) -> float:
+    """Leviathan et al. (2023, Thm 3.8): (1-α^(γ+1)) / ((1-α)(γc+1)); `verify_cost` replaces the 1 with the
+    measured cost of one (γ+1)-token verify pass in target steps (on a CPU it is well above 1)."""
+    return predicted_block_efficiency(alpha, gamma) / (gamma * c + verify_cost)
 
 
 def summarize(runs: dict[str, list[Run]], gamma: int) -> dict:
@@ -315,13 +313,16 @@ def summarize(runs: dict[str, list[Run]], gamma: int) -> dict:
     rejections = sum(s.rejections for s in stats)
     proposed = sum(s.proposed for s in stats)
     alpha = accepted / (accepted + rejections) if accepted + rejections else math.nan
-    costs = []
+    costs, verify_costs = [], []
     for engine_run, target_run in zip(runs["engine"], runs["target"], strict=True):
+        target_step_s = target_run.seconds / target_run.tokens
         steps = sum(sum(s.proposed_lengths) for s in engine_run.stats)
-        draft_step_s = sum(s.draft_s for s in engine_run.stats) / steps
-        costs.append(draft_step_s / (target_run.seconds / target_run.tokens))
-    c = statistics.median(costs)
+        costs.append(sum(s.draft_s for s in engine_run.stats) / steps / target_step_s)
+        blocks = sum(s.blocks for s in engine_run.stats)
+        verify_costs.append(sum(s.verify_s for s in engine_run.stats) / blocks / target_step_s)
+    c, v = statistics.median(costs), statistics.median(verify_costs)
     predicted = leviathan_speedup(alpha, gamma, c)
+    predicted_with_verify = leviathan_speedup(alpha, gamma, c, v)
     measured = ratio("engine", "target")
     return {
         "tokens": runs["target"][0].tokens,
@@ -342,7 +343,7 @@ def summarize(runs: dict[str, list[Run]], gamma: int) -> dict:
             "alpha": alpha,
             "acceptance_rate": accepted / proposed if proposed else math.nan,
             "block_efficiency": sum(s.new_tokens for s in stats) / sum(1 + s.blocks for s in stats),
-            "predicted_block_efficiency": expected_block_tokens(alpha, gamma),
+            "predicted_block_efficiency": predicted_block_efficiency(alpha, gamma),
             "accepted": accepted,
             "proposed": proposed,
             "rejections": rejections,
@@ -352,6 +353,11 @@ def summarize(runs: dict[str, list[Run]], gamma: int) -> dict:
             "predicted_speedup": predicted,
             "measured_speedup": measured,
             "prediction_error_pct": 100 * (measured - predicted) / predicted,
+            "verify_cost_ratio_v": v,
+            "predicted_speedup_with_verify_cost": predicted_with_verify,
+            "prediction_with_verify_cost_error_pct": 100
+            * (measured - predicted_with_verify)
+            / predicted_with_verify,
         },
     }
 
@@ -397,14 +403,29 @@ def print_report(summary: dict, repeats: int) -> None:
         ("predicted speedup (1-a^(g+1))/((1-a)(gc+1))", f"{e['predicted_speedup']:.3f}"),
         ("measured speedup engine/target", f"{e['measured_speedup']:.3f}"),
         ("measured vs predicted", f"{e['prediction_error_pct']:+.1f} %"),
+        ("verify cost v = verify s/block / target s/token", f"{e['verify_cost_ratio_v']:.3f}"),
+        ("predicted with v: (1-a^(g+1))/((1-a)(gc+v))", f"{e['predicted_speedup_with_verify_cost']:.3f}"),
+        ("measured vs predicted with v", f"{e['prediction_with_verify_cost_error_pct']:+.1f} %"),
     ]
     for row in rows:
         model.add_row(*row)
     console.print(model)
 
 
+def warn_if_busy(device: str) -> float:
+    """CPU timings are only meaningful on an idle machine: other processes oversubscribe the cores."""
+    load = os.getloadavg()[0]
+    if device == "cpu" and load > 1.0:
+        console.print(
+            f"[yellow]warning: 1-minute load average {load:.1f} on {os.cpu_count()} cores before "
+            "starting: if other processes are still running, CPU timings will be slow and noisy[/]"
+        )
+    return load
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    load_before = warn_if_busy(args.device)
     transformers.logging.set_verbosity_error()  # the assistant's internal generate() warns on every call
     transformers.logging.disable_progress_bar()
     dtype = resolve_dtype(args.dtype, args.device)
@@ -435,6 +456,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "python": platform.python_version(),
+        "load_avg_1m_before": round(load_before, 2),
     }
     console.print(" ".join(f"{k}={v}" for k, v in config.items()))
 
@@ -456,6 +478,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{len(prompts)} prompts in all {args.repeats} repeats"
     )
     summary = summarize(runs, args.gamma)
+    summary["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
     print_report(summary, args.repeats)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
