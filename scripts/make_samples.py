@@ -60,5 +60,41 @@ def main():
         print(name, len(out), "rows")
 
 
+def cnn_dm(n_eval=16, n_train=40):
+    """Test rows for eval, validation rows for train; HF schema only (id, article, highlights), so the
+    categories come from the same id -> URL -> section join as on the hub, via the URL lines saved beside."""
+    from omegaconf import OmegaConf
+
+    from specfair import cnndm
+
+    groups = OmegaConf.to_container(
+        OmegaConf.load(OUT.parents[1] / "conf/dataset/cnn_dm.yaml").section_groups
+    )
+    urls = {}
+    for name in ("cnndm_url_list_all_test.txt", "cnndm_url_list_all_val.txt"):
+        lines = (SHARED / "raw" / name).read_text(encoding="utf-8").split()
+        urls |= {cnndm.url_hash(u): u for u in lines}
+    with open(SHARED / "cnndm_sample.jsonl", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    by = defaultdict(list)
+    for r in rows:
+        if r["id"] in urls:
+            by[(r["split"], cnndm.group_of(cnndm.section_of(urls[r["id"]]), groups))].append(r)
+    out = []
+    for (split, group), members in sorted(by.items()):
+        random.Random(f"sample:cnn_dm:{split}:{group}").shuffle(members)
+        role, n = ("eval", n_eval) if split == "test" else ("train", n_train)
+        out += [
+            {"id": r["id"], "article": r["article"], "highlights": r["highlights"], "split": role}
+            for r in members[:n]
+        ]
+    with open(OUT / "cnn_dm.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in out)
+    with open(OUT / "cnn_dm_urls.txt", "w", encoding="utf-8") as f:
+        f.writelines(urls[r["id"]] + "\n" for r in out)
+    print("cnn_dm", len(out), "rows")
+
+
 if __name__ == "__main__":
     main()
+    cnn_dm()

@@ -1,13 +1,25 @@
 import json
 import os
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from conftest import SHARED_DATA, compose_cfg
 from omegaconf import OmegaConf
 
-from specfair import ROOT
-from specfair.data import categories_of, load_rows, read_jsonl, select_prompts, to_rows, tokenize_prompts
+from specfair import ROOT, cnndm
+from specfair.data import (
+    build_splits,
+    categories_of,
+    check_disjoint,
+    imbalance_counts,
+    load_rows,
+    read_jsonl,
+    select_prompts,
+    to_rows,
+    tokenize_prompts,
+    train_text,
+)
 from specfair.errors import SpecfairError
 
 BUNDLED = {
@@ -15,6 +27,7 @@ BUNDLED = {
     "imdb": ["neg", "pos"],
     "emotion": ["sadness", "joy", "love", "anger", "fear", "surprise"],
     "sst2": ["negative", "positive"],
+    "cnn_dm": ["entertainment", "lifestyle", "opinion", "other", "politics", "sport", "us", "world"],
 }
 
 
@@ -24,18 +37,18 @@ def dataset_cfg(name, **overrides):
 
 @pytest.mark.parametrize("name", sorted(BUNDLED))
 def test_bundled_samples_load_offline_with_their_categories(name):
-    cfg = dataset_cfg(name, source="bundled")
-    rows, source = load_rows(cfg)
-    assert source == "bundled"
-    assert categories_of(rows, cfg) == BUNDLED[name]
-    counts = Counter(r.category for r in rows)
-    assert min(counts.values()) >= 40  # enough for the default 16 prompts per category
+    splits = build_splits(dataset_cfg(name, source="bundled"), seed=0)
+    assert splits.source == "bundled"
+    assert splits.categories == BUNDLED[name]
+    counts = Counter(r.category for r in splits.eval)
+    assert min(counts.values()) >= (6 if name == "cnn_dm" else 16)  # the default prompts per category
+    assert set(Counter(r.category for r in splits.train)) == set(BUNDLED[name])
 
 
 def test_bundled_eval_and_train_splits_are_disjoint():
     for name in BUNDLED:
         records = read_jsonl(ROOT / f"data/samples/{name}.jsonl")
-        key = "sentence" if name == "sst2" else "text"
+        key = {"sst2": "sentence", "cnn_dm": "article"}.get(name, "text")
         evals = {r[key] for r in records if r["split"] == "eval"}
         trains = {r[key] for r in records if r["split"] == "train"}
         assert evals and trains and not evals & trains
@@ -158,15 +171,176 @@ def test_hub_records_through_the_same_normalisation(tmp_path):
     ds.save_to_disk(tmp_path / "ag")
     records = datasets.load_from_disk(str(tmp_path / "ag")).to_list()
     cfg = dataset_cfg("agnews")
-    rows = to_rows(records, cfg, "fancyzhx/ag_news")
+    rows = to_rows(records, cfg, "fancyzhx/ag_news", "hub")
     assert Counter(r.category for r in rows) == {c: 1900 for c in BUNDLED["agnews"]}
 
 
 def test_prompts_are_the_first_tokens_and_left_truncated_to_the_context(real_pair):
     cfg = dataset_cfg("agnews", source="bundled")
     rows, _ = load_rows(cfg)
-    prompts = tokenize_prompts(rows[:3], real_pair.tokenizer, 32, max_prompt_tokens=10_000)
+    prompts = tokenize_prompts(rows[:3], real_pair.tokenizer, cfg, max_prompt_tokens=10_000)
     full = real_pair.tokenizer(rows[0].text, add_special_tokens=False)["input_ids"]
     assert prompts[0].input_ids == full[:32]
-    short = tokenize_prompts(rows[:1], real_pair.tokenizer, 32, max_prompt_tokens=8)
+    short = tokenize_prompts(rows[:1], real_pair.tokenizer, cfg, max_prompt_tokens=8)
     assert short[0].input_ids == full[24:32]
+
+
+# --- CNN/DailyMail sections from URLs ------------------------------------------------------------------
+
+
+def test_cnndm_url_join_reproduces_the_sections_of_the_shared_sample():
+    raw = os.path.join(SHARED_DATA, "raw")
+    if not os.path.isdir(raw):
+        pytest.skip("../shared/data is absent")
+    lists = [os.path.join(raw, f"cnndm_url_list_all_{s}.txt") for s in ("test", "val")]
+    index = cnndm.url_index(lists, Path("/nonexistent"))
+    rows = read_jsonl(os.path.join(SHARED_DATA, "cnndm_sample.jsonl"))
+    with_ids = [r for r in rows if r["id"]]
+    assert len(with_ids) == 1500
+    assert [cnndm.section_of(index[r["id"]]) for r in with_ids] == [r["category"] for r in with_ids]
+    assert {cnndm.source_of(index[r["id"]]) for r in with_ids} == {"cnn"}
+
+
+def test_cnndm_sections_groups_and_folding():
+    assert cnndm.section_of("http://www.cnn.com/2015/04/01/middleeast/palestinians-icc/") == "middleeast"
+    wayback = "http://web.archive.org/web/2015id_/http://edition.cnn.com/2015/04/06/asia/food/index.html"
+    assert cnndm.section_of(wayback) == "asia" and cnndm.source_of(wayback) == "cnn"
+    mail = "http://www.dailymail.co.uk/tvshowbiz/article-3025/Star.html"
+    assert cnndm.section_of(mail) == "tvshowbiz" and cnndm.source_of(mail) == "dailymail"
+    groups = {"world": ["asia", "europe"], "entertainment": ["tvshowbiz"]}
+    assert [cnndm.group_of(s, groups) for s in ["asia", "tvshowbiz", "golf", None]] == [
+        "world",
+        "entertainment",
+        "other",
+        "other",
+    ]
+    assert cnndm.fold_small(["a", "a", "a", "b"], 2) == ["a", "a", "a", "other"]
+
+
+def test_cnndm_bundled_uses_the_id_join_and_the_summary_prompt(real_pair):
+    cfg = dataset_cfg("cnn_dm", source="bundled")
+    splits = build_splits(cfg, seed=0)
+    assert splits.categories == BUNDLED["cnn_dm"] and splits.eval and splits.train
+    by_source = build_splits(dataset_cfg("cnn_dm", source="bundled", group_by="source"), seed=0)
+    assert by_source.categories == ["cnn"]
+    prompts = tokenize_prompts(splits.eval[:3], real_pair.tokenizer, cfg, max_prompt_tokens=10_000)
+    cue = real_pair.tokenizer("\n\nSummary:", add_special_tokens=False)["input_ids"]
+    for p in prompts:
+        assert p.input_ids[-len(cue) :] == cue and len(p.input_ids) <= cfg.prompt_tokens
+    assert "Summary: " + splits.train[0].target in train_text(splits.train[0], cfg)
+
+
+# --- splits and imbalance ------------------------------------------------------------------------------
+
+CATS = ["a", "b", "c", "d", "e"]
+
+
+def test_exponential_and_step_profiles_give_exact_counts():
+    exp = imbalance_counts(CATS, 160, {"ratio": 16, "profile": "exponential", "head": 0})
+    assert exp == {"a": 160, "b": 80, "c": 40, "d": 20, "e": 10}
+    step = imbalance_counts(CATS, 100, {"ratio": 10, "profile": "step", "head": "c"})
+    assert step == {"a": 10, "b": 10, "c": 100, "d": 100, "e": 100}
+    assert imbalance_counts(CATS, 50, {"ratio": 1}) == dict.fromkeys(CATS, 50)
+
+
+def test_rotating_head_makes_the_k_cyclic_assignments():
+    heads = []
+    for rotation in range(5):
+        counts = imbalance_counts(CATS, 160, {"ratio": 16, "head": "rotate", "rotation": rotation})
+        heads.append(max(counts, key=counts.get))
+        assert sorted(counts.values()) == [10, 20, 40, 80, 160]
+    assert heads == CATS
+
+
+@pytest.mark.parametrize(
+    "imbalance, message",
+    [
+        ({"ratio": 1000}, "leaves 'e' with 0 rows"),
+        ({"ratio": 0.5}, "must be >= 1"),
+        ({"ratio": 2, "profile": "linear"}, "expected exponential or step"),
+        ({"ratio": 2, "head": "zzz"}, "expected rotate, an index or one of"),
+    ],
+)
+def test_bad_imbalance_is_one_clear_error(imbalance, message):
+    with pytest.raises(SpecfairError, match=message):
+        imbalance_counts(CATS, 100, imbalance)
+
+
+def test_imbalanced_training_split_is_realised_and_disjoint():
+    cfg = dataset_cfg("agnews", source="bundled", train_per_category=100, **{"imbalance.ratio": 10})
+    splits = build_splits(cfg, seed=0)
+    rows = {c: v["rows"] for c, v in splits.train_counts.items()}
+    assert rows == {"World": 100, "Sports": 46, "Business": 22, "Sci/Tech": 10}
+    assert Counter(r.category for r in splits.train) == rows
+    assert not {r.id for r in splits.eval} & {r.id for r in splits.train}
+    with pytest.raises(SpecfairError, match="fewer than the 400 asked"):
+        build_splits(dataset_cfg("agnews", source="bundled", train_per_category=400), seed=0)
+
+
+def test_token_budget_holds_the_total_fixed_as_the_ratio_varies():
+    totals = []
+    for ratio in (1, 10):
+        cfg = dataset_cfg(
+            "agnews",
+            source="bundled",
+            train_per_category=100,
+            **{"imbalance.ratio": ratio, "imbalance.budget": 4000},
+        )
+        counts = build_splits(cfg, seed=0).train_counts
+        totals.append(sum(v["tokens"] for v in counts.values()))
+        if ratio == 10:
+            assert counts["World"]["tokens"] > 5 * counts["Sci/Tech"]["tokens"]
+    for total in totals:
+        assert 4000 <= total < 4000 + 4 * 120  # each category overshoots by less than one text
+
+
+def test_single_file_holds_prompts_out_of_training(tmp_path):
+    rows = [{"text": f"text number {i}", "label": "x" if i % 2 else "y"} for i in range(40)]
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    cfg = OmegaConf.create(
+        {
+            "name": "local",
+            "source": "local",
+            "path": str(path),
+            "text_field": "text",
+            "category_field": "label",
+            "per_category": 5,
+        }
+    )
+    splits = build_splits(cfg, seed=0)
+    assert len(splits.eval) == 10 and len(splits.train) == 30
+    assert not {r.id for r in splits.eval} & {r.id for r in splits.train}
+    with pytest.raises(SpecfairError, match="also appear in the training texts"):
+        check_disjoint(splits.eval, splits.eval[:1])
+
+
+def test_hub_code_path_on_a_local_dataset_folder(tmp_path, real_pair):
+    """`datasets.load_dataset(<id>, split=...)` on a folder laid out like a hub repo (train/test files)."""
+    folder = tmp_path / "dolly_like"
+    folder.mkdir()
+    rows = [
+        {
+            "instruction": f"Explain topic {i}.",
+            "context": "",
+            "response": f"Topic {i} is ...",
+            "category": ["open_qa", "summarization"][i % 2],
+        }
+        for i in range(30)
+    ]
+    write_jsonl(folder / "train.jsonl", rows)
+    cfg = dataset_cfg("dolly", source="hub", per_category=4, **{"hub.id": str(folder)})
+    splits = build_splits(cfg, seed=0)
+    assert splits.source == "hub" and splits.categories == ["open_qa", "summarization"]
+    assert len(splits.eval) == 8 and len(splits.train) == 22  # one split: prompts are held out
+    prompts = tokenize_prompts(splits.eval, real_pair.tokenizer, cfg, max_prompt_tokens=10_000)
+    start = real_pair.tokenizer("<|im_start|>user", add_special_tokens=False)["input_ids"]
+    assert any(p.input_ids[: len(start)] == start or start[0] in p.input_ids[:3] for p in prompts)
+    assert real_pair.tokenizer.decode(prompts[0].input_ids).rstrip().endswith("assistant")
+    with pytest.raises(SpecfairError, match="cannot load"):
+        build_splits(dataset_cfg("dolly", source="hub", **{"hub.id": str(tmp_path / "nothing")}), seed=0)
+
+
+def test_hub_only_dataset_offline_says_what_to_do(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SpecfairError, match="ships no bundled sample"):
+        build_splits(dataset_cfg("yelp"), seed=0)

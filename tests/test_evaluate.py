@@ -21,7 +21,7 @@ def run_evaluate(*overrides, multirun=False):
 @pytest.mark.parametrize(
     "group, options",
     [
-        ("dataset", ["agnews", "imdb", "emotion", "sst2", "local"]),
+        ("dataset", sorted(p.stem for p in (ROOT / "conf/dataset").glob("[!_]*.yaml"))),
         ("pair", ["smollm2_135m", "smollm2_135m_360m", "pythia_70m_1.4b"]),
         ("trainer", ["default", "gpu", "ddp_cpu"]),
         ("logger", ["wandb", "none"]),
@@ -116,7 +116,7 @@ def test_two_processes_evaluate_every_prompt_once_and_agree(single_run, tmp_path
 
 def test_every_bundled_dataset_runs_in_one_multirun(tmp_path):
     result = run_evaluate(
-        "dataset=agnews,imdb,emotion,sst2",
+        "dataset=agnews,imdb,emotion,sst2,cnn_dm",
         "dataset.per_category=1",
         "spec.max_new_tokens=4",
         "logger=none",
@@ -126,7 +126,8 @@ def test_every_bundled_dataset_runs_in_one_multirun(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = sorted(tmp_path.glob("*/summary.json"))
     names = {json.loads(p.read_text())["dataset"]["name"]: json.loads(p.read_text()) for p in summaries}
-    assert set(names) == {"agnews", "imdb", "emotion", "sst2"}
+    assert set(names) == {"agnews", "imdb", "emotion", "sst2", "cnn_dm"}
+    assert len(names["cnn_dm"]["categories"]) == 8 and names["cnn_dm"]["dataset"]["train_counts"]
     assert len(names["emotion"]["categories"]) == 6 and names["imdb"]["overall"]["prompts"] == 2
 
 

@@ -20,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from specfair.data import Prompt, categories_of, load_rows, select_prompts, tokenize_prompts
+from specfair.data import Prompt, build_splits, tokenize_prompts, train_text
 from specfair.metrics import CategoryAcceptance
 from specfair.models import Pair, load_pair
 from specfair.speculative import autoregressive_generate, check_generation_args, now, speculative_generate
@@ -177,21 +177,25 @@ def evaluate(cfg: DictConfig) -> dict | None:
     spec = OmegaConf.to_container(cfg.spec, resolve=True)
     check_generation_args(**spec)
     out_dir = Path(cfg.paths.output_dir)
-    rows, source = load_rows(cfg.dataset)
-    categories = categories_of(rows, cfg.dataset)
-    chosen = select_prompts(rows, categories, int(cfg.dataset.per_category), int(cfg.seed))
-    log.info(
-        "dataset %s (%s): %d prompts over %d categories",
-        cfg.dataset.name,
-        source,
-        len(chosen),
-        len(categories),
-    )
-
     pair = load_pair(cfg.pair, cfg.draft, device_hint(cfg.trainer))
+    tokenizer = pair.tokenizer
+
+    def count_tokens(row):
+        return len(tokenizer(train_text(row, cfg.dataset), add_special_tokens=False)["input_ids"])
+
+    splits = build_splits(cfg.dataset, int(cfg.seed), count_tokens)
+    log.info(
+        "dataset %s (%s): %d prompts over %d categories; %d disjoint training texts",
+        cfg.dataset.name,
+        splits.source,
+        len(splits.eval),
+        len(splits.categories),
+        len(splits.train),
+    )
     context = getattr(pair.target.config, "max_position_embeddings", None) or 1 << 30
     max_prompt = context - spec["max_new_tokens"] - spec["gamma"] - 1
-    prompts = tokenize_prompts(chosen, pair.tokenizer, int(cfg.dataset.prompt_tokens), max_prompt)
+    prompts = tokenize_prompts(splits.eval, tokenizer, cfg.dataset, max_prompt)
+    categories = splits.categories
 
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
@@ -203,11 +207,12 @@ def evaluate(cfg: DictConfig) -> dict | None:
     meta = {
         "dataset": {
             "name": cfg.dataset.name,
-            "source": source,
+            "source": splits.source,
             "categories": categories,
             "per_category": int(cfg.dataset.per_category),
             "prompt_tokens": int(cfg.dataset.prompt_tokens),
             "prompts": len(prompts),
+            "train_counts": splits.train_counts,
         },
         "pair": {"name": cfg.pair.name, "target": cfg.pair.target, "draft": cfg.pair.get("draft")},
         "draft": OmegaConf.to_container(cfg.draft, resolve=True),
