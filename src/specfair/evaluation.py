@@ -192,6 +192,11 @@ def evaluate(cfg: DictConfig) -> dict | None:
         len(splits.categories),
         len(splits.train),
     )
+    if splits.train_counts:
+        log.info(
+            "training texts per category (rows/tokens): %s",
+            ", ".join(f"{c} {v['rows']}/{v['tokens']}" for c, v in splits.train_counts.items()),
+        )
     context = getattr(pair.target.config, "max_position_embeddings", None) or 1 << 30
     max_prompt = context - spec["max_new_tokens"] - spec["gamma"] - 1
     prompts = tokenize_prompts(splits.eval, tokenizer, cfg.dataset, max_prompt)
