@@ -1,20 +1,37 @@
-"""Draft fine-tuning: `python train.py dataset=imdb`. Not implemented yet (see the training issue)."""
+"""Draft fine-tuning: `python train.py dataset=imdb [train=lm] [train.divergence=rkl] ...`."""
 
-import sys
+import logging
 
 import hydra
 from omegaconf import DictConfig
 
 import specfair  # noqa: F401  (registers the ${specfair_root:} resolver)
+from specfair.errors import run_app
+
+log = logging.getLogger("train")
+
+
+def task(cfg: DictConfig) -> dict | None:
+    from rich.console import Console
+
+    from specfair.training import summary_table, train
+
+    summary = train(cfg)
+    if not summary:  # not rank 0
+        return None
+    Console(width=max(Console().width, 100)).print(summary_table(summary))
+    log.info(
+        "evaluate it with: python evaluate.py dataset=%s pair=%s draft=finetuned draft.train_name=%s",
+        cfg.dataset.name,
+        cfg.pair.name,
+        cfg.train.name,
+    )
+    return summary["val_after"]
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> None:
-    print(
-        "error: train.py is not implemented yet: draft fine-tuning lands with the training issue",
-        file=sys.stderr,
-    )
-    sys.exit(2)
+def main(cfg: DictConfig) -> dict | None:
+    return run_app(task, cfg)
 
 
 if __name__ == "__main__":

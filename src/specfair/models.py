@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -171,12 +172,31 @@ def check_tokenizers(target_tok: PreTrainedTokenizerBase, draft_tok: PreTrainedT
         )
 
 
+def check_finetuned(path: Path, pair_cfg, draft_cfg) -> None:
+    """A fine-tuned draft must exist and belong to this pair (train_summary.json sits beside it)."""
+    if not (path / "config.json").is_file():
+        hint = ""
+        if draft_cfg.get("trained_on"):
+            hint = f": make it with `python train.py dataset={draft_cfg.trained_on} pair={pair_cfg.name}"
+            hint += f" train={draft_cfg.get('train_name', 'kd')}`"
+        raise SpecfairError(f"draft.path={path} holds no model{hint}")
+    summary = path.parent / "train_summary.json"
+    if summary.is_file():
+        trained_for = json.loads(summary.read_text()).get("pair")
+        if trained_for and trained_for != pair_cfg.name:
+            raise SpecfairError(
+                f"draft.path={path} was fine-tuned for pair {trained_for!r}, not {pair_cfg.name!r}"
+            )
+
+
 def load_pair(pair_cfg, draft_cfg, device: str | torch.device = "cpu") -> Pair:
     """Target from `pair.target`; draft from `draft.path`, else `pair.draft`, else a truncation."""
     dtype = resolve_dtype(pair_cfg.get("dtype", "auto"), device)
     target = load_model(pair_cfg.target, dtype)
     tokenizer = load_tokenizer(pair_cfg.get("tokenizer") or pair_cfg.target)
     draft_source = draft_cfg.get("path") or pair_cfg.get("draft")
+    if draft_cfg.get("path"):
+        check_finetuned(Path(draft_cfg.path), pair_cfg, draft_cfg)
     if draft_source:
         draft = load_model(draft_source, dtype)
         check_tokenizers(tokenizer, load_tokenizer(draft_source))
