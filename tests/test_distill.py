@@ -213,6 +213,27 @@ def test_resuming_reproduces_the_uninterrupted_run(tmp_path):
         assert torch.equal(v, resumed.draft.state_dict()[k]), k
 
 
+def test_exported_draft_reloads_with_identical_logits(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    module, train, val = tiny_setup(max_steps=2)
+    trainer(tmp_path, 2).fit(module, train, val)
+    module.draft.save_pretrained(tmp_path / "draft")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "draft").eval()
+    ids = torch.tensor([[1, 4, 9, 16, 25]])
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, module.draft.eval()(ids).logits)
+
+
+def test_train_configs_compose():
+    from conftest import compose_cfg
+
+    for option in ("kd", "lm"):
+        cfg = compose_cfg(f"train={option}", config="train")
+        assert cfg.train.name == option and cfg.train.optimizer._partial_
+        assert cfg.export_dir.endswith(f"smollm2_135m/agnews/{option}")
+
+
 def test_non_finite_loss_stops_with_the_step(tmp_path):
     module, train, val = tiny_setup()
     with torch.no_grad():
@@ -252,7 +273,23 @@ def test_train_py_exports_a_draft_that_evaluate_and_transformers_load(tmp_path):
 
     from transformers import AutoModelForCausalLM
 
-    draft = AutoModelForCausalLM.from_pretrained(folder / "draft")
+    draft = AutoModelForCausalLM.from_pretrained(folder / "draft").eval()
+    from specfair.models import EMBEDDED, load_model
+
+    target = load_model(EMBEDDED)
+    ids = torch.tensor([[504, 3458, 314, 253, 1542, 30]])
+    assisted = target.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        assistant_model=draft,
+        do_sample=False,
+        max_new_tokens=8,
+        pad_token_id=2,
+    )
+    plain = target.generate(
+        ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=8, pad_token_id=2
+    )
+    assert torch.equal(assisted, plain)  # transformers' assisted generation takes the exported draft
     ckpt = torch.load(
         tmp_path / "train" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
     )

@@ -141,6 +141,8 @@ def train(cfg: DictConfig) -> dict:
         default_root_dir=str(out_dir),
         enable_model_summary=False,
     )
+    if trainer.logger:
+        trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     if not cfg.get("ckpt_path"):
         trainer.validate(module, val_loader, verbose=False)  # the base draft, on the same chart
     trainer.fit(module, train_loader, val_loader, ckpt_path=cfg.get("ckpt_path"))
