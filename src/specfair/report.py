@@ -1,0 +1,456 @@
+"""Answer Q1 and Q2 from finished evaluation runs: paired before/after statistics, fairness, plots.
+
+`python -m specfair.report DIR [DIR ...]` (or the Hydra callback at the end of a multirun) reads run folders
+(`summary.json` + `samples.jsonl`), pairs each fine-tuned draft with the base draft evaluated on the same
+prompts, pair and decoding settings, and writes `report.md`, `report.json` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from specfair import stats
+
+log = logging.getLogger(__name__)
+
+METRICS = ("alpha", "acceptance_rate", "block_efficiency", "speedup")
+PAIRING_FIELDS = ("prompt_set", "pair", "spec", "seed")
+RESAMPLES = 2000
+
+
+# --- reading runs ------------------------------------------------------------------------------------
+
+
+def find_runs(paths) -> tuple[list[Path], list[dict]]:
+    """Completed run folders (with summary.json) under the given paths, and the failed ones with why."""
+    done, failed = [], []
+    for root in map(Path, paths):
+        if not root.exists():
+            raise SystemExit(f"error: {root} does not exist")
+        candidates = (
+            [root]
+            if (root / ".hydra").is_dir() or (root / "summary.json").is_file()
+            else sorted(
+                p
+                for p in root.iterdir()
+                if p.is_dir() and ((p / ".hydra").is_dir() or (p / "summary.json").is_file())
+            )
+        )
+        for run in candidates:
+            if (run / "summary.json").is_file():
+                done.append(run)
+            else:
+                why = (
+                    (run / "error.txt").read_text().strip()
+                    if (run / "error.txt").is_file()
+                    else "no summary.json"
+                )
+                failed.append({"run": str(run), "why": why})
+    return done, failed
+
+
+def load_run(run: Path) -> dict:
+    summary = json.loads((run / "summary.json").read_text())
+    with (run / "samples.jsonl").open() as f:
+        records = [json.loads(line) for line in f]
+    return {"dir": str(run), "summary": summary, "records": records, "label": draft_label(summary)}
+
+
+def draft_label(summary: dict) -> str:
+    draft = summary["draft"]
+    if draft.get("name") == "finetuned" and draft.get("trained_on"):
+        return f"finetuned:{draft['trained_on']}/{draft.get('train_name', 'kd')}"
+    return str(draft.get("name", "draft"))
+
+
+def training_summary(summary: dict) -> dict | None:
+    """train_summary.json beside a fine-tuned draft (its data counts per category answer Q2)."""
+    path = summary["draft"].get("path")
+    if not path:
+        return None
+    file = Path(path).parent / "train_summary.json"
+    return json.loads(file.read_text()) if file.is_file() else None
+
+
+def pairing_mismatch(a: dict, b: dict) -> str | None:
+    for field in PAIRING_FIELDS:
+        if a.get(field) != b.get(field):
+            return field
+    return None
+
+
+# --- statistics ----------------------------------------------------------------------------------------
+
+
+def by_category(records: list[dict]) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r["category"], []).append(r)
+    return groups
+
+
+def describe(records: list[dict]) -> dict:
+    return {m: stats.bootstrap_ci(records, m, resamples=RESAMPLES, seed=0) for m in METRICS}
+
+
+def compare(base: dict, tuned: dict) -> dict:
+    """Per category and overall: both drafts with CIs, the paired gain, tests, fairness, and Q2 shares."""
+    mismatch = pairing_mismatch(base["summary"], tuned["summary"])
+    if mismatch:
+        raise ValueError(f"cannot pair {base['dir']} with {tuned['dir']}: they differ in {mismatch!r}")
+    base_groups, tuned_groups = by_category(base["records"]), by_category(tuned["records"])
+    categories = list(base["summary"]["categories"])
+    result = {
+        "dataset": base["summary"]["dataset"]["name"],
+        "base": base["label"],
+        "finetuned": tuned["label"],
+        "runs": [base["dir"], tuned["dir"]],
+        "categories": {},
+        "overall": {},
+    }
+    p_values, gains_per_prompt = {}, {}
+    for scope, b_rec, t_rec in [("overall", base["records"], tuned["records"])] + [
+        (c, base_groups.get(c, []), tuned_groups.get(c, [])) for c in categories
+    ]:
+        entry = {
+            "base": describe(b_rec),
+            "finetuned": describe(t_rec),
+            "gain": {
+                m: stats.paired_difference_ci(b_rec, t_rec, m, resamples=RESAMPLES, seed=0) for m in METRICS
+            },
+        }
+        if scope != "overall":
+            b_pair, t_pair = stats.pair_by_id(b_rec, t_rec)
+            b_alpha, t_alpha = stats.per_prompt(b_pair, "alpha"), stats.per_prompt(t_pair, "alpha")
+            entry["wilcoxon_alpha"] = stats.wilcoxon_paired(b_alpha, t_alpha)
+            p_values[scope] = entry["wilcoxon_alpha"]["p_value"]
+            gains_per_prompt[scope] = [float(x) for x in t_alpha - b_alpha if np.isfinite(x)]
+            entry["position_acceptance"] = {
+                "base": base["summary"]["categories"][scope]["position_acceptance"],
+                "finetuned": tuned["summary"]["categories"][scope]["position_acceptance"],
+            }
+            result["categories"][scope] = entry
+        else:
+            result["overall"] = entry
+    for c, p in stats.holm(p_values).items():
+        result["categories"][c]["wilcoxon_alpha"]["p_holm"] = p
+    result["kruskal_wallis_alpha_gain"] = stats.kruskal_wallis(gains_per_prompt)
+    alpha = {
+        side: {c: result["categories"][c][side]["alpha"]["value"] for c in categories}
+        for side in ("base", "finetuned")
+    }
+    gains = {c: result["categories"][c]["gain"]["alpha"]["value"] for c in categories}
+    result["fairness"] = {
+        "base": stats.fairness(alpha["base"]),
+        "finetuned": stats.fairness(alpha["finetuned"]),
+        "gain": stats.fairness(gains),
+    }
+    result["q2"] = q2(tuned["summary"], categories, gains)
+    result["q1_sentence"], result["q2_sentence"] = q1_sentence(result), q2_sentence(result)
+    return result
+
+
+def q2(tuned_summary: dict, categories: list[str], gains: dict) -> dict | None:
+    """Training share (texts, tokens) per category against the alpha gain: Spearman and gain shares."""
+    train = training_summary(tuned_summary)
+    if not train:
+        return None
+    counts = train["data"]["train_counts"]
+    rows = {c: counts.get(c, {}).get("rows", 0) for c in categories}
+    tokens = {c: counts.get(c, {}).get("tokens", 0) for c in categories}
+    total_rows, total_tokens = sum(rows.values()) or 1, sum(tokens.values()) or 1
+    shares = {c: {"texts": rows[c] / total_rows, "tokens": tokens[c] / total_tokens} for c in categories}
+    x = [shares[c]["tokens"] for c in categories]
+    y = [gains[c] for c in categories]
+    return {
+        "shares": shares,
+        "spearman_tokens_vs_gain": stats.spearman_permutation(x, y, seed=0),
+        "gain_shares": stats.gain_shares(gains, {c: shares[c]["tokens"] for c in categories}),
+        "train_summary": train.get("run_dir"),
+    }
+
+
+def _fmt(x, digits=3):
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def q1_sentence(result: dict) -> str:
+    overall = result["overall"]
+    cats = result["categories"]
+    rose = [c for c in cats if (cats[c]["gain"]["alpha"]["low"] or -1) > 0]
+    up = [c for c in cats if (cats[c]["gain"]["alpha"]["value"] or 0) > 0]
+    g = overall["gain"]["alpha"]
+    return (
+        f"{result['dataset']}: alpha rose in {len(up)}/{len(cats)} categories ({len(rose)} with a 95% CI above 0); "
+        f"overall alpha {_fmt(overall['base']['alpha']['value'])} → {_fmt(overall['finetuned']['alpha']['value'])}, "
+        f"gain 95% CI [{_fmt(g['low'])}, {_fmt(g['high'])}]; speedup {_fmt(overall['base']['speedup']['value'], 2)}× → "
+        f"{_fmt(overall['finetuned']['speedup']['value'], 2)}×."
+    )
+
+
+def q2_sentence(result: dict) -> str:
+    fair = result["fairness"]
+    gap_before, gap_after = fair["base"]["gap"], fair["finetuned"]["gap"]
+    text = (
+        f"{result['dataset']}: the alpha gap between categories went {_fmt(gap_before)} → {_fmt(gap_after)} "
+        f"(worst category {fair['finetuned']['worst_category']} at {_fmt(fair['finetuned']['worst'])}); "
+        f"gains ranged {_fmt(fair['gain']['worst'])}–{_fmt(fair['gain']['best'])}"
+    )
+    q = result.get("q2")
+    if q and q["spearman_tokens_vs_gain"]["rho"] is not None:
+        s = q["spearman_tokens_vs_gain"]
+        text += (
+            f"; Spearman correlation between a category's share of training tokens and its gain "
+            f"{s['rho']:+.2f} (permutation p = {s['p_value']:.2f})"
+        )
+    elif q:
+        text += "; training shares are known but too few categories vary for a rank correlation"
+    return text + "."
+
+
+# --- outputs -------------------------------------------------------------------------------------------
+
+
+def plot(result: dict, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    cats = list(result["categories"])
+    x = np.arange(len(cats))
+    for metric in ("alpha", "speedup"):
+        fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(cats) + 2), 3.8))
+        for offset, side in ((-0.2, "base"), (0.2, "finetuned")):
+            vals = [result["categories"][c][side][metric] for c in cats]
+            v = np.array([d["value"] if d["value"] is not None else np.nan for d in vals])
+            lo = np.array([d["value"] - d["low"] if d["low"] is not None else 0 for d in vals])
+            hi = np.array([d["high"] - d["value"] if d["high"] is not None else 0 for d in vals])
+            ax.bar(x + offset, v, 0.4, yerr=[lo, hi], capsize=3, label=result[side])
+        ax.set_xticks(x, cats, rotation=20, ha="right")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{result['dataset']}: {metric} per category (95% bootstrap CI)")
+        ax.legend()
+        fig.tight_layout()
+        files.append(out_dir / f"{result['dataset']}_{metric}_bars.png")
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for c in cats:
+        for side, style in (("base", "--"), ("finetuned", "-")):
+            curve = result["categories"][c]["position_acceptance"][side]
+            ax.plot(
+                range(1, len(curve) + 1),
+                [np.nan if v is None else v for v in curve],
+                style,
+                marker="o",
+                label=f"{c} ({side})",
+            )
+    ax.set_xticks(range(1, len(curve) + 1))
+    ax.set_xlabel("draft position i")
+    ax.set_ylabel("P(first i drafts accepted)")
+    ax.set_title(f"{result['dataset']}: acceptance by draft position")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    files.append(out_dir / f"{result['dataset']}_position_acceptance.png")
+    fig.savefig(files[-1], dpi=110)
+    plt.close(fig)
+    if result.get("q2"):
+        shares = [result["q2"]["shares"][c]["tokens"] for c in cats]
+        gains = [result["categories"][c]["gain"]["alpha"]["value"] for c in cats]
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        ax.scatter(shares, gains)
+        for s, g, c in zip(shares, gains, cats, strict=True):
+            ax.annotate(c, (s, g), fontsize=8)
+        if len(set(shares)) > 1:
+            slope, intercept = np.polyfit(shares, gains, 1)
+            xs = np.linspace(min(shares), max(shares), 10)
+            ax.plot(xs, slope * xs + intercept, "--", label=f"fit: slope {slope:.2f}")
+            ax.legend()
+        ax.set_xlabel("share of training tokens")
+        ax.set_ylabel("alpha gain (fine-tuned − base)")
+        ax.set_title(f"{result['dataset']}: gain vs training share")
+        fig.tight_layout()
+        files.append(out_dir / f"{result['dataset']}_gain_vs_share.png")
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+    return files
+
+
+def markdown(report: dict) -> str:
+    lines = ["# specfair report", ""]
+    for r in report["comparisons"]:
+        lines += [
+            f"## {r['dataset']}: {r['base']} → {r['finetuned']}",
+            "",
+            f"**Q1.** {r['q1_sentence']}",
+            "",
+            f"**Q2.** {r['q2_sentence']}",
+            "",
+            "| category | alpha base | alpha fine-tuned | gain [95% CI] | Wilcoxon p (Holm) | speedup base → fine-tuned |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c, e in [*r["categories"].items(), ("overall", r["overall"])]:
+            g = e["gain"]["alpha"]
+            p = e.get("wilcoxon_alpha", {}).get("p_holm")
+            lines.append(
+                f"| {c} | {_fmt(e['base']['alpha']['value'])} | {_fmt(e['finetuned']['alpha']['value'])} | "
+                f"{_fmt(g['value'])} [{_fmt(g['low'])}, {_fmt(g['high'])}] | {_fmt(p)} | "
+                f"{_fmt(e['base']['speedup']['value'], 2)}× → {_fmt(e['finetuned']['speedup']['value'], 2)}× |"
+            )
+        kw = r["kruskal_wallis_alpha_gain"]
+        lines += [
+            "",
+            f"Kruskal–Wallis on per-prompt alpha gains across categories: p = {_fmt(kw['p_value'])}.",
+            "",
+        ]
+        for side in ("base", "finetuned", "gain"):
+            f = r["fairness"][side]
+            lines.append(
+                f"- fairness of {side} alpha: worst {f['worst_category']} {_fmt(f['worst'])}, gap "
+                f"{_fmt(f['gap'])}, min/max {_fmt(f['min_max_ratio'])}, CV {_fmt(f['cv'])}"
+            )
+        lines += [""] + [f"![{p.name}]({p.name})" for p in map(Path, r.get("plots", []))] + [""]
+    if report["unpaired"]:
+        lines += ["## Runs without a partner", ""] + [f"- {u}" for u in report["unpaired"]] + [""]
+    if report["failed"]:
+        lines += ["## Failed runs", ""] + [f"- {f['run']}: {f['why']}" for f in report["failed"]] + [""]
+    return "\n".join(lines)
+
+
+def build_report(paths, out_dir: Path, wandb_cfg: dict | None = None) -> dict:
+    runs_dirs, failed = find_runs(paths)
+    runs = [load_run(d) for d in runs_dirs]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    comparisons, unpaired, used = [], [], set()
+    for tuned in [r for r in runs if r["label"] != "base"]:
+        bases = [
+            b
+            for b in runs
+            if b["label"] == "base" and b["summary"]["dataset"]["name"] == tuned["summary"]["dataset"]["name"]
+        ]
+        matching = [b for b in bases if pairing_mismatch(b["summary"], tuned["summary"]) is None]
+        if not matching:
+            why = (
+                f"differs in {pairing_mismatch(bases[0]['summary'], tuned['summary'])!r}"
+                if bases
+                else "no base run"
+            )
+            unpaired.append(f"{tuned['dir']} ({tuned['label']}): {why}")
+            continue
+        result = compare(matching[0], tuned)
+        result["plots"] = [str(p) for p in plot(result, out_dir)]
+        comparisons.append(result)
+        used |= {matching[0]["dir"], tuned["dir"]}
+    unpaired += [
+        f"{r['dir']} ({r['label']}): no fine-tuned partner"
+        for r in runs
+        if r["dir"] not in used and r["label"] == "base"
+    ]
+    report = {"comparisons": comparisons, "unpaired": unpaired, "failed": failed}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "report.md").write_text(markdown(report) + "\n")
+    if wandb_cfg and wandb_cfg.get("enabled") and comparisons:
+        log_report(report, out_dir, wandb_cfg)
+    return report
+
+
+def log_report(report: dict, out_dir: Path, wandb_cfg: dict) -> None:
+    import wandb
+
+    run = wandb.init(
+        project=wandb_cfg.get("project", "specfair"),
+        entity=wandb_cfg.get("entity"),
+        mode=wandb_cfg.get("mode", "offline"),
+        group=wandb_cfg.get("group"),
+        job_type="report",
+        name="report",
+        dir=str(out_dir),
+    )
+    try:
+        table = wandb.Table(
+            columns=[
+                "dataset",
+                "category",
+                "alpha_base",
+                "alpha_finetuned",
+                "gain",
+                "gain_low",
+                "gain_high",
+                "p_holm",
+            ]
+        )
+        for r in report["comparisons"]:
+            for c, e in r["categories"].items():
+                g = e["gain"]["alpha"]
+                table.add_data(
+                    r["dataset"],
+                    c,
+                    e["base"]["alpha"]["value"],
+                    e["finetuned"]["alpha"]["value"],
+                    g["value"],
+                    g["low"],
+                    g["high"],
+                    e["wilcoxon_alpha"].get("p_holm"),
+                )
+        images = {Path(p).stem: wandb.Image(p) for r in report["comparisons"] for p in r["plots"]}
+        answers = wandb.Table(
+            columns=["dataset", "Q1", "Q2"],
+            data=[[r["dataset"], r["q1_sentence"], r["q2_sentence"]] for r in report["comparisons"]],
+        )
+        run.log({"q1_q2": table, "answers": answers, **images})
+    finally:
+        run.finish()
+
+
+class ReportCallback:
+    """Hydra callback: write the report into the sweep folder when a multirun ends."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        if not self.enabled:
+            return
+        sweep = Path(config.hydra.sweep.dir)
+        try:
+            report = build_report([sweep], sweep)
+        except Exception as err:  # a report failure must not hide the runs that completed
+            log.error("report for %s failed: %s", sweep, err)
+            return
+        log.info(
+            "report: %s (%d comparisons, %d failed runs)",
+            sweep / "report.md",
+            len(report["comparisons"]),
+            len(report["failed"]),
+        )
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", help="run folders or sweep folders")
+    parser.add_argument("--out", default=None, help="report folder (default: the first DIR)")
+    parser.add_argument("--wandb", choices=["offline", "online", "disabled"], default="disabled")
+    args = parser.parse_args(argv)
+    out = Path(args.out or args.dirs[0])
+    wandb_cfg = {"enabled": args.wandb != "disabled", "mode": args.wandb}
+    try:
+        report = build_report(args.dirs, out, wandb_cfg)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    for r in report["comparisons"]:
+        print(r["q1_sentence"])
+        print(r["q2_sentence"])
+    print(f"report: {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()
