@@ -216,8 +216,8 @@ def test_resuming_reproduces_the_uninterrupted_run(tmp_path):
 def test_exported_draft_reloads_with_identical_logits(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    module, train, val = tiny_setup(max_steps=2)
-    trainer(tmp_path, 2).fit(module, train, val)
+    module, train, val = tiny_setup(max_steps=3)
+    trainer(tmp_path, 3).fit(module, train, val)
     module.draft.save_pretrained(tmp_path / "draft")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "draft").eval()
     ids = torch.tensor([[1, 4, 9, 16, 25]])

@@ -9,7 +9,8 @@ import pytest
 from specfair import ROOT
 from specfair.report import build_report, compare, find_runs, load_run
 
-SMALL = ["dataset.per_category=3", "spec.max_new_tokens=6", "seed=2", "logger=none"]
+COMMON = ["dataset.per_category=3", "seed=2", "logger=none"]
+SMALL = [*COMMON, "spec.max_new_tokens=6"]
 
 
 def run(script, *args):
@@ -27,7 +28,7 @@ def sweep(tmp_path_factory):
     run(
         "train.py",
         f"paths.ckpt_dir={ckpts}",
-        *SMALL,
+        *COMMON,
         "train.max_steps=2",
         "train.batch_size=2",
         "train.max_length=16",

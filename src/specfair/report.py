@@ -44,6 +44,8 @@ def find_runs(paths) -> tuple[list[Path], list[dict]]:
         for run in candidates:
             if (run / "summary.json").is_file():
                 done.append(run)
+            elif (run / "train_summary.json").is_file():
+                continue  # a training run, not an evaluation
             else:
                 why = (
                     (run / "error.txt").read_text().strip()

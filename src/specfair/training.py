@@ -148,6 +148,7 @@ def train(cfg: DictConfig) -> dict:
     trainer.fit(module, train_loader, val_loader, ckpt_path=cfg.get("ckpt_path"))
     if not module.history or module.history[-1]["step"] != trainer.global_step:
         trainer.validate(module, val_loader, verbose=False)
+    trainer.save_checkpoint(ckpt_dir / "last.ckpt")  # the final state, also when it fell between validations
     if not trainer.is_global_zero:
         return {}
     return export(cfg, module, pair, splits, checkpoint, trainer.global_step)
