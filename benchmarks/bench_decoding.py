@@ -51,7 +51,7 @@ from specfair.models import (
 )
 from specfair.speculative import DecodeStats, autoregressive_generate, speculative_generate
 
-SAMPLES = ROOT / "data" / "samples" / "agnews.jsonl"
+SAMPLES = ROOT / "data" / "samples"
 PROMPT_TOKENS = 32
 METHODS = ("target", "hf_assisted", "engine")
 
@@ -81,7 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--prompts", type=int, default=8, help="number of bundled AG News eval prompts")
+    parser.add_argument("--prompts", type=int, default=8, help="number of bundled eval prompts")
+    parser.add_argument(
+        "--dataset",
+        default="agnews",
+        choices=["agnews", "imdb", "emotion"],
+        help="bundled sample the prompts come from",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument(
         "--gamma", type=int, default=4, help="tokens drafted per block (both speculative methods)"
@@ -147,12 +153,13 @@ def build_models(args, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedM
     return target.to(args.device), draft.to(args.device), label
 
 
-def load_prompts(tokenizer, count: int, vocab: int) -> list[list[int]]:
+def load_prompts(tokenizer, count: int, vocab: int, dataset: str = "agnews") -> list[list[int]]:
     """`count` eval texts spread evenly over the bundled file (so over its categories), cut to 32 tokens."""
     if tokenizer is None:
         generator = torch.Generator().manual_seed(0)
         return [torch.randint(3, vocab, (PROMPT_TOKENS,), generator=generator).tolist() for _ in range(count)]
-    rows = [json.loads(line) for line in SAMPLES.open(encoding="utf-8") if line.strip()]
+    with (SAMPLES / f"{dataset}.jsonl").open(encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
     texts = [r["text"] for r in rows if r["split"] == "eval"]
     if count > len(texts):
         raise SpecfairError(f"--prompts {count}: the bundled sample has only {len(texts)} eval texts")
@@ -432,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         tokenizer = try_tokenizer() if args.random_weights else load_tokenizer(EMBEDDED)
         target, draft, draft_label = build_models(args, dtype)
-        prompts = load_prompts(tokenizer, args.prompts, target.config.vocab_size)
+        prompts = load_prompts(tokenizer, args.prompts, target.config.vocab_size, args.dataset)
     except SpecfairError as err:
         sys.exit(f"error: {err}")
     eos = tokenizer.eos_token_id if tokenizer is not None else target.config.eos_token_id
