@@ -1,8 +1,6 @@
 """Per-category speculative-decoding evaluation: `python evaluate.py [-m] dataset=agnews,imdb ...`."""
 
-import json
 import logging
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -17,20 +15,12 @@ def task(cfg: DictConfig) -> dict | None:
     from rich.console import Console
 
     from specfair.evaluation import evaluate, summary_table
-    from specfair.models import load_tokenizer
-    from specfair.tracking import log_evaluation
 
-    summary = evaluate(cfg)
+    summary = evaluate(cfg)  # also logs to W&B unless logger=none
     if summary is None:  # not rank 0
         return None
-    out_dir = Path(cfg.paths.output_dir)
     Console(width=max(Console().width, 120)).print(summary_table(summary))
-    if cfg.logger.get("enabled"):
-        records = [json.loads(line) for line in (out_dir / "samples.jsonl").open()]
-        tokenizer = load_tokenizer(cfg.pair.get("tokenizer") or cfg.pair.target)
-        name = f"{cfg.dataset.name}-{cfg.draft.name}-g{cfg.spec.gamma}"
-        log_evaluation(summary, records, tokenizer.decode, cfg.logger, out_dir, name)
-    log.info("results in %s", out_dir)
+    log.info("results in %s", cfg.paths.output_dir)
     return summary["overall"]
 
 

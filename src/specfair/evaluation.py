@@ -24,6 +24,7 @@ from specfair.data import Prompt, build_splits, tokenize_prompts, train_text
 from specfair.metrics import CategoryAcceptance
 from specfair.models import Pair, load_pair
 from specfair.speculative import autoregressive_generate, check_generation_args, now, speculative_generate
+from specfair.tracking import log_evaluation
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
@@ -237,6 +238,11 @@ def evaluate(cfg: DictConfig) -> dict | None:
     summary = json.loads((out_dir / "summary.json").read_text())
     if summary.get("lossless_mismatches"):
         log.error("%d prompts differ from the target's greedy output", summary["lossless_mismatches"])
+    if cfg.logger.get("enabled"):
+        with (out_dir / "samples.jsonl").open() as f:
+            records = [json.loads(line) for line in f]
+        name = f"{cfg.dataset.name}-{cfg.draft.name}-g{cfg.spec.gamma}"
+        log_evaluation(summary, records, tokenizer.decode, cfg.logger, out_dir, name)
     return summary
 
 
