@@ -27,7 +27,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +48,7 @@ from specfair.models import (
     resolve_source,
     truncated_draft,
 )
-from specfair.speculative import DecodeStats, autoregressive_generate, speculative_generate
+from specfair.speculative import DecodeStats, autoregressive_generate, now, speculative_generate
 
 SAMPLES = ROOT / "data" / "samples"
 PROMPT_TOKENS = 32
@@ -213,12 +212,6 @@ def make_methods(target, draft, *, gamma: int, max_new_tokens: int, eos: int | N
     return {"target": plain, "hf_assisted": hf_assisted, "engine": engine}
 
 
-def clock(device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()
-
-
 @dataclass
 class Run:
     """One method over all prompts once."""
@@ -239,13 +232,13 @@ class Run:
 def time_method(generate: Generate, prompts: list[torch.Tensor], device: str) -> Run:
     outputs, stats = [], []
     with torch.inference_mode():
-        start = clock(device)
+        start = now(torch.device(device))
         for ids in prompts:
             out, st = generate(ids)
             outputs.append(out)
             if st is not None:
                 stats.append(st)
-        seconds = clock(device) - start
+        seconds = now(torch.device(device)) - start
     return Run(seconds, outputs, stats)
 
 

@@ -35,6 +35,11 @@ def dataset_cfg(name, **overrides):
     return compose_cfg(f"dataset={name}", *[f"dataset.{k}={v}" for k, v in overrides.items()]).dataset
 
 
+def local_cfg(path, **fields):
+    """conf/dataset/local.yaml pointed at a file, with field settings as a user would override them."""
+    return OmegaConf.merge(dataset_cfg("local", path=str(path)), fields)
+
+
 @pytest.mark.parametrize("name", sorted(BUNDLED))
 def test_bundled_samples_load_offline_with_their_categories(name):
     splits = build_splits(dataset_cfg(name, source="bundled"), seed=0)
@@ -87,16 +92,7 @@ def test_local_jsonl_with_named_fields(tmp_path):
             {"body": "second", "topic": "y"},
         ],
     )
-    cfg = OmegaConf.create(
-        {
-            "name": "local",
-            "source": "local",
-            "path": str(path),
-            "text_field": "body",
-            "category_field": "topic",
-            "label_names": None,
-        }
-    )
+    cfg = local_cfg(path, text_field="body", category_field="topic", label_names=None)
     rows, source = load_rows(cfg)
     assert source == "local" and [(r.text, r.category) for r in rows] == [
         ("first text", "x"),
@@ -119,17 +115,7 @@ def test_local_jsonl_with_named_fields(tmp_path):
 )
 def test_bad_rows_are_one_clear_error(tmp_path, rows, fields, message):
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
-    cfg = OmegaConf.create(
-        {
-            "name": "local",
-            "source": "local",
-            "path": str(path),
-            "text_field": "text",
-            "category_field": "label",
-            "label_names": None,
-        }
-        | fields
-    )
+    cfg = local_cfg(path, **({"text_field": "text", "category_field": "label", "label_names": None} | fields))
     with pytest.raises(SpecfairError, match=message):
         load_rows(cfg)
 
@@ -146,16 +132,7 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
 def test_csv_through_the_datasets_library(tmp_path):
     path = tmp_path / "rows.csv"
     path.write_text("text,label\nhello there,1\ngood bye,0\n")
-    cfg = OmegaConf.create(
-        {
-            "name": "local",
-            "source": "local",
-            "path": str(path),
-            "text_field": "text",
-            "category_field": "label",
-            "label_names": ["neg", "pos"],
-        }
-    )
+    cfg = local_cfg(path, text_field="text", category_field="label", label_names=["neg", "pos"])
     rows, _ = load_rows(cfg)
     assert [(r.text, r.category) for r in rows] == [("hello there", "pos"), ("good bye", "neg")]
 
@@ -297,16 +274,7 @@ def test_token_budget_holds_the_total_fixed_as_the_ratio_varies():
 def test_single_file_holds_prompts_out_of_training(tmp_path):
     rows = [{"text": f"text number {i}", "label": "x" if i % 2 else "y"} for i in range(40)]
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
-    cfg = OmegaConf.create(
-        {
-            "name": "local",
-            "source": "local",
-            "path": str(path),
-            "text_field": "text",
-            "category_field": "label",
-            "per_category": 5,
-        }
-    )
+    cfg = local_cfg(path, text_field="text", category_field="label", per_category=5)
     splits = build_splits(cfg, seed=0)
     assert len(splits.eval) == 10 and len(splits.train) == 30
     assert not {r.id for r in splits.eval} & {r.id for r in splits.train}

@@ -362,6 +362,11 @@ def select_training(
     return chosen, counts
 
 
+def origin_of(cfg: DictConfig, source: str) -> str:
+    """What error messages name as the rows' origin: the file or the hub id."""
+    return str(cfg.get("path") or (cfg.hub.id if source == "hub" else cfg.get("bundled")))
+
+
 def check_disjoint(eval_rows: list[Row], train_rows: list[Row]) -> None:
     overlap = {r.id for r in eval_rows} & {r.id for r in train_rows}
     if overlap:
@@ -373,7 +378,7 @@ def check_disjoint(eval_rows: list[Row], train_rows: list[Row]) -> None:
 def build_splits(cfg: DictConfig, seed: int, count_tokens=None) -> Splits:
     """Balanced evaluation rows and disjoint training rows (imbalanced on request) from one dataset config."""
     eval_records, train_records, source = load_pools(cfg)
-    origin = str(cfg.get("path") or (cfg.hub.id if source == "hub" else cfg.get("bundled")))
+    origin = origin_of(cfg, source)
     eval_pool = to_rows(eval_records, cfg, origin, source)
     train_pool = to_rows(train_records, cfg, origin, source) if train_records else None
     if cfg.get("category_from") == "url" and cfg.get("group_by", "section") != "source":
@@ -409,7 +414,7 @@ def _fold_small_groups(eval_pool, train_pool, min_rows):
 def load_rows(cfg: DictConfig) -> tuple[list[Row], str]:
     """Every evaluation-pool row (no selection), for inspection and tests."""
     records, _, source = load_pools(cfg)
-    origin = str(cfg.get("path") or (cfg.hub.id if source == "hub" else cfg.get("bundled")))
+    origin = origin_of(cfg, source)
     return to_rows(records, cfg, origin, source), source
 
 

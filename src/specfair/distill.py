@@ -8,6 +8,8 @@ train mode by Lightning, and never receives gradients.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import random
 
@@ -156,35 +158,17 @@ class TrainStream(Dataset):
             seed,
         )
         total = sum(weights)
-        self.cumulative = list(_accumulate([w / total for w in weights]))
+        self.cumulative = list(itertools.accumulate(w / total for w in weights))
 
     def __len__(self):
         return self.length
 
     def __getitem__(self, i):
         rng = random.Random(self.seed * 1_000_003 + i)
-        row = min(_bisect(self.cumulative, rng.random()), len(self.token_ids) - 1)
+        row = min(bisect.bisect_right(self.cumulative, rng.random()), len(self.token_ids) - 1)
         ids = self.token_ids[row]
         start = rng.randrange(0, max(1, len(ids) - self.max_length + 1))
         return ids[start : start + self.max_length], self.categories[row]
-
-
-def _accumulate(values):
-    total = 0.0
-    for v in values:
-        total += v
-        yield total
-
-
-def _bisect(cumulative, x):
-    lo, hi = 0, len(cumulative)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if cumulative[mid] <= x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 class ResumableSampler(Sampler):

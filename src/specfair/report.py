@@ -31,7 +31,7 @@ def find_runs(paths) -> tuple[list[Path], list[dict]]:
     done, failed = [], []
     for root in map(Path, paths):
         if not root.exists():
-            raise SystemExit(f"error: {root} does not exist")
+            raise ValueError(f"{root} does not exist")
         candidates = (
             [root]
             if (root / ".hydra").is_dir() or (root / "summary.json").is_file()

@@ -18,6 +18,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from specfair.errors import SpecfairError
+from specfair.models import shared_vocab_size
 
 
 @dataclass
@@ -196,7 +197,7 @@ def speculative_generate(
         gamma=gamma, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p
     )
     device = target.device
-    vocab = min(target.get_output_embeddings().weight.shape[0], draft.get_output_embeddings().weight.shape[0])
+    vocab = shared_vocab_size(target, draft)
     eos = eos_set(eos_token_id)
     sampling = (temperature, top_k, top_p, generator)
     stats = DecodeStats()

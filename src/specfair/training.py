@@ -7,6 +7,7 @@ where `evaluate.py draft=finetuned` finds it, with `train_summary.json` beside i
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -79,9 +80,9 @@ def train(cfg: DictConfig) -> dict:
     tok = pair.tokenizer
     max_length = int(cfg.train.max_length)
 
-    def encode(row, limit=None):
-        ids = tok(train_text(row, cfg.dataset), add_special_tokens=False)["input_ids"]
-        return ids[:limit] if limit else ids
+    @functools.cache
+    def encode(row):
+        return tok(train_text(row, cfg.dataset), add_special_tokens=False)["input_ids"]
 
     splits = build_splits(cfg.dataset, int(cfg.seed), lambda r: len(encode(r)))
     if not splits.train:
@@ -91,7 +92,7 @@ def train(cfg: DictConfig) -> dict:
     index = {c: i for i, c in enumerate(splits.categories)}
     train_ids = [encode(r) for r in splits.train]
     keep = [i for i, ids in enumerate(train_ids) if len(ids) >= 2]
-    val_ids = [encode(r, max_length) for r in splits.eval]
+    val_ids = [encode(r)[:max_length] for r in splits.eval]
     accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1))
     train_loader, val_loader, sampler = make_loaders(
         [train_ids[i] for i in keep],
