@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.specfair-installed
 
-.PHONY: setup demo test test-all bench lint format clean
+.PHONY: setup demo test test-all bench q1 q2 transfer lint format clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,16 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q
+
+# The experiments (docs/results.md): train where no checkpoint exists, evaluate, report into logs/experiment/<name>.
+q1: setup
+	$(PY) experiment.py experiment=q1
+
+q2: setup
+	$(PY) experiment.py experiment=q2_imbalance
+
+transfer: setup
+	$(PY) experiment.py experiment=transfer
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_decoding.py

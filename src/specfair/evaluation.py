@@ -44,6 +44,7 @@ class EvalModule(pl.LightningModule):
         seed: int,
         out_dir: str | Path,
         meta: dict,
+        baseline: bool = True,
     ):
         super().__init__()
         self.target, self.draft = pair.target, pair.draft
@@ -53,6 +54,7 @@ class EvalModule(pl.LightningModule):
         self.seed = seed
         self.out_dir = Path(out_dir)
         self.meta = meta
+        self.baseline = baseline
         self.metric = CategoryAcceptance(categories, self.spec["gamma"])
         self.records: list[dict] = []
 
@@ -89,9 +91,11 @@ class EvalModule(pl.LightningModule):
         ids = torch.tensor([prompt.input_ids], device=self.device)
         budget = self.spec["max_new_tokens"]
         order = (False, True) if index % 2 == 0 else (True, False)  # alternate to cancel drift
+        if not self.baseline:  # acceptance only: no target-alone run, so no speedup and no lossless check
+            order = (True,)
         runs = {spec: self._generate(ids, index, spec, budget) for spec in order}
         output, stats, wall_s = runs[True]
-        baseline, _, baseline_wall_s = runs[False]
+        baseline, _, baseline_wall_s = runs.get(False, (None, None, None))
         record = {
             "index": index,
             "id": prompt.id,
@@ -99,9 +103,9 @@ class EvalModule(pl.LightningModule):
             "prompt_ids": prompt.input_ids,
             "output_ids": output,
             "baseline_output_ids": baseline,
-            "matches_baseline": output == baseline,
+            "matches_baseline": output == baseline if baseline is not None else None,
             "new_tokens": stats.new_tokens,
-            "baseline_new_tokens": len(baseline),
+            "baseline_new_tokens": len(baseline) if baseline is not None else 0,
             "proposed": stats.proposed,
             "accepted": stats.accepted,
             "blocks": stats.blocks,
@@ -139,7 +143,7 @@ class EvalModule(pl.LightningModule):
                     **self.meta,
                     **result,
                     "lossless_mismatches": sum(not r["matches_baseline"] for r in records)
-                    if self.spec["temperature"] == 0
+                    if self.spec["temperature"] == 0 and self.baseline
                     else None,
                 },
             )
@@ -171,6 +175,25 @@ def prompt_set_hash(prompts: list[Prompt]) -> str:
     """Two runs pair prompt by prompt only if they evaluated the same prompts in the same order."""
     joined = "\n".join(f"{p.id}:{p.category}:{len(p.input_ids)}" for p in prompts)
     return hashlib.sha1(joined.encode()).hexdigest()[:16]
+
+
+def draft_training(draft_cfg: DictConfig) -> dict | None:
+    """What a fine-tuned draft was trained on and how (train_summary.json beside it), for pairing runs."""
+    path = draft_cfg.get("path")
+    summary = Path(path).parent / "train_summary.json" if path else None
+    if summary is None or not summary.is_file():
+        return None
+    train = json.loads(summary.read_text())
+    t = train.get("train", {})
+    return {
+        "dataset": train.get("dataset"),
+        "train_name": t.get("name"),
+        "objective": t.get("objective"),
+        "divergence": t.get("divergence") if t.get("objective") == "kd" else None,
+        "steps": train.get("steps"),
+        "seed": train.get("seed"),
+        "imbalance": train.get("data", {}).get("imbalance"),
+    }
 
 
 def evaluate(cfg: DictConfig) -> dict | None:
@@ -222,8 +245,10 @@ def evaluate(cfg: DictConfig) -> dict | None:
         },
         "pair": {"name": cfg.pair.name, "target": cfg.pair.target, "draft": cfg.pair.get("draft")},
         "draft": OmegaConf.to_container(cfg.draft, resolve=True),
+        "draft_training": draft_training(cfg.draft),
         "spec": spec,
         "seed": int(cfg.seed),
+        "baseline": bool(cfg.get("baseline", True)),
         "prompt_set": prompt_set_hash(prompts),
         "device": device_hint(cfg.trainer),
         "dtype": str(pair.target.dtype).removeprefix("torch."),
@@ -231,7 +256,9 @@ def evaluate(cfg: DictConfig) -> dict | None:
         "target_layers": pair.target.config.num_hidden_layers,
         "draft_layers": pair.draft.config.num_hidden_layers,
     }
-    module = EvalModule(pair, prompts, categories, spec, int(cfg.seed), out_dir, meta)
+    module = EvalModule(
+        pair, prompts, categories, spec, int(cfg.seed), out_dir, meta, baseline=meta["baseline"]
+    )
     trainer.predict(module, return_predictions=False)
     if not trainer.is_global_zero:
         return None

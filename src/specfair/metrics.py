@@ -59,7 +59,8 @@ class CategoryAcceptance(Metric):
     def update(self, record: dict) -> None:
         """One prompt's record (as written to samples.jsonl)."""
         index = self.categories.index(record["category"])
-        values = {name: float(record.get(name, 1.0 if name == "prompts" else 0.0)) for name in COUNTERS}
+        values = {name: float(record.get(name) or 0.0) for name in COUNTERS}  # no baseline: 0 target tokens
+        values["prompts"] = 1.0
         values["draft_steps"] = float(sum(record["proposed_lengths"]))
         for name, value in values.items():
             delta = torch.zeros_like(getattr(self, name))
@@ -95,7 +96,7 @@ class CategoryAcceptance(Metric):
             "alpha": alpha,
             "block_efficiency": ratio(s["new_tokens"], target_calls),
             "position_acceptance": [ratio(h, t) for h, t in zip(hits, trials, strict=True)],
-            "speedup": ratio(s["baseline_wall_s"], s["wall_s"]),
+            "speedup": ratio(s["baseline_wall_s"], s["wall_s"]) if s["baseline_new_tokens"] > 0 else None,
             "tokens_per_s": ratio(s["new_tokens"], s["wall_s"]),
             "baseline_tokens_per_s": ratio(s["baseline_new_tokens"], s["baseline_wall_s"]),
             "wall_s": s["wall_s"],

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specfair import stats
+from specfair import imbalance, stats, transfer
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,21 @@ def load_run(run: Path) -> dict:
 def draft_label(summary: dict) -> str:
     draft = summary["draft"]
     if draft.get("name") == "finetuned" and draft.get("trained_on"):
-        return f"finetuned:{draft['trained_on']}/{draft.get('train_name', 'kd')}"
+        variant = f"/{draft['variant']}" if draft.get("variant") else ""
+        return f"finetuned:{draft['trained_on']}/{draft.get('train_name', 'kd')}{variant}"
     return str(draft.get("name", "draft"))
+
+
+def intended_cell(run: Path) -> tuple[str, str] | None:
+    """(draft label, dataset) of a failed run, from the config Hydra saved before it failed."""
+    try:
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+        draft = {k: cfg.draft.get(k) for k in ("name", "trained_on", "train_name", "variant")}
+        return draft_label({"draft": draft}), str(cfg.dataset.name)
+    except Exception:  # no saved config, or one that does not resolve alone: nothing to place
+        return None
 
 
 def training_summary(summary: dict) -> dict | None:
@@ -111,6 +124,7 @@ def compare(base: dict, tuned: dict) -> dict:
         "dataset": base["summary"]["dataset"]["name"],
         "base": base["label"],
         "finetuned": tuned["label"],
+        "trained_on": tuned["summary"]["draft"].get("trained_on"),
         "runs": [base["dir"], tuned["dir"]],
         "categories": {},
         "overall": {},
@@ -174,11 +188,21 @@ def q2(tuned_summary: dict, categories: list[str], gains: dict) -> dict | None:
         "spearman_tokens_vs_gain": stats.spearman_permutation(x, y, seed=0),
         "gain_shares": stats.gain_shares(gains, {c: shares[c]["tokens"] for c in categories}),
         "train_summary": train.get("run_dir"),
+        "imbalance": train["data"].get("imbalance"),
+        "sampling": train.get("train", {}).get("sampling"),
+        "seed": train.get("seed"),
     }
 
 
 def _fmt(x, digits=3):
     return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _speedups(entry: dict) -> str:
+    before, after = entry["base"]["speedup"]["value"], entry["finetuned"]["speedup"]["value"]
+    if before is None and after is None:
+        return "not timed"  # runs made with baseline=false
+    return f"{_fmt(before, 2)}× → {_fmt(after, 2)}×"
 
 
 def q1_sentence(result: dict) -> str:
@@ -190,8 +214,7 @@ def q1_sentence(result: dict) -> str:
     return (
         f"{result['dataset']}: alpha rose in {len(up)}/{len(cats)} categories ({len(rose)} with a 95% CI above 0); "
         f"overall alpha {_fmt(overall['base']['alpha']['value'])} → {_fmt(overall['finetuned']['alpha']['value'])}, "
-        f"gain 95% CI [{_fmt(g['low'])}, {_fmt(g['high'])}]; speedup {_fmt(overall['base']['speedup']['value'], 2)}× → "
-        f"{_fmt(overall['finetuned']['speedup']['value'], 2)}×."
+        f"gain 95% CI [{_fmt(g['low'])}, {_fmt(g['high'])}]; speedup {_speedups(overall)}."
     )
 
 
@@ -206,8 +229,10 @@ def q2_sentence(result: dict) -> str:
     q = result.get("q2")
     if q and q["spearman_tokens_vs_gain"]["rho"] is not None:
         s = q["spearman_tokens_vs_gain"]
+        token_shares = [v["tokens"] for v in q["shares"].values()]
         text += (
-            f"; Spearman correlation between a category's share of training tokens and its gain "
+            f"; Spearman correlation between a category's share of training tokens "
+            f"({min(token_shares):.2f}–{max(token_shares):.2f}) and its gain "
             f"{s['rho']:+.2f} (permutation p = {s['p_value']:.2f})"
         )
     elif q:
@@ -218,16 +243,19 @@ def q2_sentence(result: dict) -> str:
 # --- outputs -------------------------------------------------------------------------------------------
 
 
-def plot(result: dict, out_dir: Path) -> list[Path]:
+def plot(result: dict, out_dir: Path, prefix: str | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     files = []
+    prefix = prefix or result["dataset"]
     cats = list(result["categories"])
     x = np.arange(len(cats))
     for metric in ("alpha", "speedup"):
+        if result["overall"]["base"][metric]["value"] is None:
+            continue  # not measured (speedup of runs made with baseline=false)
         fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(cats) + 2), 3.8))
         for offset, side in ((-0.2, "base"), (0.2, "finetuned")):
             vals = [result["categories"][c][side][metric] for c in cats]
@@ -237,10 +265,10 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
             ax.bar(x + offset, v, 0.4, yerr=[lo, hi], capsize=3, label=result[side])
         ax.set_xticks(x, cats, rotation=20, ha="right")
         ax.set_ylabel(metric)
-        ax.set_title(f"{result['dataset']}: {metric} per category (95% bootstrap CI)")
+        ax.set_title(f"{result['dataset']}: {metric} per category (95% bootstrap CI)", fontsize=10)
         ax.legend()
         fig.tight_layout()
-        files.append(out_dir / f"{result['dataset']}_{metric}_bars.png")
+        files.append(out_dir / f"{prefix}_{metric}_bars.png")
         fig.savefig(files[-1], dpi=110)
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 3.8))
@@ -260,7 +288,7 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
     ax.set_title(f"{result['dataset']}: acceptance by draft position")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    files.append(out_dir / f"{result['dataset']}_position_acceptance.png")
+    files.append(out_dir / f"{prefix}_position_acceptance.png")
     fig.savefig(files[-1], dpi=110)
     plt.close(fig)
     if result.get("q2"):
@@ -279,7 +307,7 @@ def plot(result: dict, out_dir: Path) -> list[Path]:
         ax.set_ylabel("alpha gain (fine-tuned − base)")
         ax.set_title(f"{result['dataset']}: gain vs training share")
         fig.tight_layout()
-        files.append(out_dir / f"{result['dataset']}_gain_vs_share.png")
+        files.append(out_dir / f"{prefix}_gain_vs_share.png")
         fig.savefig(files[-1], dpi=110)
         plt.close(fig)
     return files
@@ -304,7 +332,7 @@ def markdown(report: dict) -> str:
             lines.append(
                 f"| {c} | {_fmt(e['base']['alpha']['value'])} | {_fmt(e['finetuned']['alpha']['value'])} | "
                 f"{_fmt(g['value'])} [{_fmt(g['low'])}, {_fmt(g['high'])}] | {_fmt(p)} | "
-                f"{_fmt(e['base']['speedup']['value'], 2)}× → {_fmt(e['finetuned']['speedup']['value'], 2)}× |"
+                f"{_speedups(e)} |"
             )
         kw = r["kruskal_wallis_alpha_gain"]
         lines += [
@@ -319,6 +347,14 @@ def markdown(report: dict) -> str:
                 f"{_fmt(f['gap'])}, min/max {_fmt(f['min_max_ratio'])}, CV {_fmt(f['cv'])}"
             )
         lines += [""] + [f"![{p.name}]({p.name})" for p in map(Path, r.get("plots", []))] + [""]
+    for result in (report.get("imbalance") or {}).values():
+        lines += imbalance.markdown(result) + [
+            f"![{Path(result['plot']).name}]({Path(result['plot']).name})",
+            "",
+        ]
+    if report.get("transfer"):
+        m = report["transfer"]
+        lines += transfer.markdown(m) + [f"![{Path(m['plot']).name}]({Path(m['plot']).name})", ""]
     if report["unpaired"]:
         lines += ["## Runs without a partner", ""] + [f"- {u}" for u in report["unpaired"]] + [""]
     if report["failed"]:
@@ -326,11 +362,17 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def build_report(paths, out_dir: Path, wandb_cfg: dict | None = None) -> dict:
+def slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+def build_report(paths, out_dir: Path, wandb_cfg: dict | None = None, expected=()) -> dict:
+    """The report over run folders; `expected` (draft label, dataset) cells of a planned transfer matrix
+    that have no completed run are shown as missing (an experiment knows them even where a run never started)."""
     runs_dirs, failed = find_runs(paths)
     runs = [load_run(d) for d in runs_dirs]
     out_dir.mkdir(parents=True, exist_ok=True)
-    comparisons, unpaired, used = [], [], set()
+    pairs, unpaired, used = [], [], set()
     for tuned in [r for r in runs if r["label"] != "base"]:
         bases = [
             b
@@ -346,16 +388,34 @@ def build_report(paths, out_dir: Path, wandb_cfg: dict | None = None) -> dict:
             )
             unpaired.append(f"{tuned['dir']} ({tuned['label']}): {why}")
             continue
-        result = compare(matching[0], tuned)
-        result["plots"] = [str(p) for p in plot(result, out_dir)]
-        comparisons.append(result)
+        pairs.append((matching[0], tuned))
         used |= {matching[0]["dir"], tuned["dir"]}
+    per_dataset = [base["summary"]["dataset"]["name"] for base, _ in pairs]
+    comparisons = []
+    for base, tuned in pairs:
+        result = compare(base, tuned)
+        dataset = result["dataset"]
+        prefix = dataset if per_dataset.count(dataset) == 1 else f"{dataset}__{slug(tuned['label'])}"
+        result["plots"] = [str(p) for p in plot(result, out_dir, prefix)]
+        comparisons.append(result)
     unpaired += [
         f"{r['dir']} ({r['label']}): no fine-tuned partner"
         for r in runs
         if r["dir"] not in used and r["label"] == "base"
     ]
     report = {"comparisons": comparisons, "unpaired": unpaired, "failed": failed}
+    report["imbalance"] = imbalance.analyze(comparisons)
+    for result in report["imbalance"].values():
+        result["plot"] = str(imbalance.plot(result, out_dir))
+    cells = [*expected, *filter(None, (intended_cell(Path(f["run"])) for f in failed))]
+    cells = [(row.removeprefix("finetuned:"), dataset) for row, dataset in cells]
+    if transfer.applies(comparisons) or any(row.split("/")[0] not in ("base", d) for row, d in cells):
+        base_alpha = {}
+        for r in runs:
+            if r["label"] == "base":
+                base_alpha.setdefault(r["summary"]["dataset"]["name"], describe(r["records"])["alpha"])
+        report["transfer"] = transfer.build(comparisons, base_alpha, cells)
+        report["transfer"]["plot"] = str(transfer.heatmap(report["transfer"], out_dir))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "report.md").write_text(markdown(report) + "\n")
     if wandb_cfg and wandb_cfg.get("enabled") and comparisons:
@@ -402,11 +462,34 @@ def log_report(report: dict, out_dir: Path, wandb_cfg: dict) -> None:
                     e["wilcoxon_alpha"].get("p_holm"),
                 )
         images = {Path(p).stem: wandb.Image(p) for r in report["comparisons"] for p in r["plots"]}
+        images |= {
+            Path(r["plot"]).stem: wandb.Image(r["plot"]) for r in (report.get("imbalance") or {}).values()
+        }
+        extra = {}
+        if report.get("transfer"):
+            m = report["transfer"]
+            images["transfer_heatmap"] = wandb.Image(m["plot"])
+            columns = [
+                "draft",
+                "dataset",
+                "alpha",
+                "alpha_low",
+                "alpha_high",
+                "change",
+                "change_low",
+                "change_high",
+            ]
+            matrix = wandb.Table(columns=columns)
+            for row in m["rows"]:
+                for d in m["columns"]:
+                    a, g = m["alpha"][row][d] or {}, m["delta"][row][d] or {}
+                    matrix.add_data(row, d, *(x.get(k) for x in (a, g) for k in ("value", "low", "high")))
+            extra["transfer_matrix"] = matrix
         answers = wandb.Table(
             columns=["dataset", "Q1", "Q2"],
             data=[[r["dataset"], r["q1_sentence"], r["q2_sentence"]] for r in report["comparisons"]],
         )
-        run.log({"q1_q2": table, "answers": answers, **images})
+        run.log({"q1_q2": table, "answers": answers, **extra, **images})
     finally:
         run.finish()
 
@@ -420,9 +503,13 @@ class ReportCallback:
     def on_multirun_end(self, config, **kwargs) -> None:
         if not self.enabled:
             return
+        from omegaconf import OmegaConf
+
         sweep = Path(config.hydra.sweep.dir)
+        logger = OmegaConf.to_container(config.logger, resolve=True) if config.get("logger") else {}
+        logger["group"] = logger.get("group") or sweep.name  # the sweep's evaluation runs use the same group
         try:
-            report = build_report([sweep], sweep)
+            report = build_report([sweep], sweep, logger)
         except Exception as err:  # a report failure must not hide the runs that completed
             log.error("report for %s failed: %s", sweep, err)
             return

@@ -21,7 +21,11 @@ _PARTS: dict[str, tuple[Callable[[Mapping], float], Callable[[Mapping], float]]]
     "acceptance_rate": (lambda r: r["accepted"], lambda r: r["proposed"]),
     "alpha": (lambda r: r["accepted"], lambda r: r["accepted"] + r["rejections"]),
     "block_efficiency": (lambda r: r["new_tokens"], lambda r: 1 + r["blocks"]),  # target calls
-    "speedup": (lambda r: r["baseline_wall_s"], lambda r: r["wall_s"]),
+    # a run without the target-alone baseline has no speedup: a zero denominator makes it undefined
+    "speedup": (
+        lambda r: r["baseline_wall_s"] or 0.0,
+        lambda r: r["wall_s"] if r["baseline_wall_s"] else 0.0,
+    ),
 }
 METRICS = tuple(_PARTS)
 

@@ -10,6 +10,18 @@ log = logging.getLogger(__name__)
 METRICS = ("alpha", "acceptance_rate", "block_efficiency", "speedup", "tokens_per_s", "baseline_tokens_per_s")
 
 
+def sweep_group(logger_cfg) -> str | None:
+    """The W&B group: logger.group if set, else the multirun's sweep folder name (so one sweep is one group)."""
+    if logger_cfg.get("group"):
+        return logger_cfg.get("group")
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return Path(HydraConfig.get().sweep.dir).name
+    return None
+
+
 def log_evaluation(summary: dict, records: list[dict], decode, logger_cfg, run_dir: Path, name: str) -> None:
     """Per-category metrics (scalars, a table and bar charts) and a table of samples, in one W&B run."""
     if not logger_cfg or not logger_cfg.get("enabled"):
@@ -21,7 +33,7 @@ def log_evaluation(summary: dict, records: list[dict], decode, logger_cfg, run_d
         project=logger_cfg.get("project", "specfair"),
         entity=logger_cfg.get("entity"),
         mode=logger_cfg.get("mode", "offline"),
-        group=logger_cfg.get("group"),
+        group=sweep_group(logger_cfg),
         tags=list(logger_cfg.get("tags") or []),
         job_type="evaluate",
         name=name,
@@ -49,7 +61,7 @@ def log_evaluation(summary: dict, records: list[dict], decode, logger_cfg, run_d
                 r["proposed"],
                 r["accepted"],
                 r["new_tokens"],
-                r["baseline_wall_s"] / r["wall_s"] if r["wall_s"] > 0 else None,
+                r["baseline_wall_s"] / r["wall_s"] if r["baseline_wall_s"] and r["wall_s"] > 0 else None,
             )
         run.log(
             {

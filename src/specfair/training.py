@@ -176,6 +176,8 @@ def export(cfg, module, pair, splits, checkpoint, steps) -> dict:
             "source": splits.source,
             "categories": splits.categories,
             "train_counts": splits.train_counts,
+            "imbalance": OmegaConf.to_container(cfg.dataset.imbalance, resolve=True),
+            "train_per_category": cfg.dataset.get("train_per_category"),
             "validation_texts": len(splits.eval),
         },
         "val_before": before,

@@ -1,0 +1,283 @@
+"""Experiments: train the drafts an experiment needs (where none exists yet), evaluate them, report.
+
+Every step is a subprocess running the same `train.py` / `evaluate.py` command a user would type, with its
+Hydra output folder inside the experiment folder. A step whose output already exists with the same settings
+is skipped, so an interrupted experiment resumes where it stopped and `make transfer` reuses the drafts that
+`make q1` trained. A failed step is recorded and the rest go on; the report covers what completed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from specfair import ROOT
+from specfair.errors import SpecfairError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Step:
+    kind: str  # train | evaluate
+    label: str
+    overrides: list[str]
+    out_dir: Path
+    needs: str | None = None  # label of the training an evaluation depends on
+    status: str = "planned"  # planned | done | skipped | failed
+    why: str = ""
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+
+def plain(node, default):
+    """A config node as plain Python (resolved), or the default where the key is absent."""
+    return default if node is None else OmegaConf.to_container(node, resolve=True)
+
+
+def as_overrides(values: dict) -> list[str]:
+    return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()]
+
+
+def grid_points(spec: DictConfig) -> list[dict]:
+    """The cartesian product of `grid` (key -> list of values), then the extra `runs`, without repeats."""
+    grid = plain(spec.get("grid"), {})
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SpecfairError(f"experiment grid key {key!r}: expected a non-empty list, got {values!r}")
+    points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+    points += plain(spec.get("runs"), [])
+    unique = []
+    for p in points:
+        if p not in unique:
+            unique.append(p)
+    return unique or [{}]
+
+
+def variant_name(point: dict) -> str:
+    """rho10_head0_seed0 from {dataset.imbalance.ratio: 10, ...}: short, path-safe, one per grid point."""
+    short = {"ratio": "rho"}
+    parts = []
+    for key, value in point.items():
+        if key in ("dataset", "train", "pair"):
+            continue
+        name = key.rsplit(".", 1)[-1]
+        parts.append(f"{short.get(name, name)}{value}".replace("/", "-"))
+    return "_".join(parts) or "default"
+
+
+def compose(config: str, overrides: list[str]) -> DictConfig:
+    """The config train.py / evaluate.py would see, composed here to read paths before launching."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [*overrides, "paths.output_dir=unused"]
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose(config, overrides=overrides)
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config, overrides=overrides)
+
+
+def plan(cfg: DictConfig, exp_dir: Path) -> list[Step]:
+    """Training steps (one per grid point), then evaluation steps (base + each draft on each dataset)."""
+    exp = cfg.experiment
+    common = list(cfg.get("overrides") or []) + [f"paths.ckpt_dir={cfg.paths.ckpt_dir}"]
+    train_base = as_overrides(plain(exp.train.get("overrides"), {}))
+    trainings = []
+    for point in grid_points(exp.train):
+        overrides = [*common, *train_base, *as_overrides(point)]
+        composed = compose("train", overrides)
+        dataset, train_name = composed.dataset.name, composed.train.name
+        variant = variant_name(point) if exp.train.get("variants") else None
+        if variant:
+            export = Path(cfg.paths.ckpt_dir, composed.pair.name, dataset, exp.name, variant)
+            overrides.append(f"export_dir={export}")
+        else:
+            export = Path(composed.export_dir)
+        label = f"{dataset}/{train_name}" + (f"/{variant}" if variant else "")
+        trainings.append(
+            Step(
+                "train",
+                label,
+                overrides,
+                exp_dir / "train" / label.replace("/", "__"),
+                info={
+                    "dataset": dataset,
+                    "train_name": train_name,
+                    "variant": variant,
+                    "export_dir": export,
+                    "train": OmegaConf.to_container(composed.train, resolve=True),
+                    "imbalance": OmegaConf.to_container(composed.dataset.imbalance, resolve=True),
+                },
+            )
+        )
+    ev = exp.evaluate
+    eval_base = as_overrides(plain(ev.get("overrides"), {}))
+    eval_common = [*common, *eval_base, f"logger.group={exp.name}"]
+    on = ev.get("datasets", "trained")  # "trained": each draft on its own dataset; a list: all on each
+    on = on if isinstance(on, str) else plain(on, [])
+    datasets = list(dict.fromkeys(t.info["dataset"] for t in trainings)) if on == "trained" else on
+    evaluations = []
+    for dataset in datasets:
+        if ev.get("base", True):
+            evaluations.append(
+                Step(
+                    "evaluate",
+                    f"{dataset}: base",
+                    [*eval_common, f"dataset={dataset}", "draft=base"],
+                    exp_dir / "evaluate" / f"{dataset}__base",
+                )
+            )
+        for t in trainings:
+            if on == "trained" and t.info["dataset"] != dataset:
+                continue
+            draft = [
+                "draft=finetuned",
+                f"draft.trained_on={t.info['dataset']}",
+                f"draft.train_name={t.info['train_name']}",
+                f"draft.path={t.info['export_dir'] / 'draft'}",
+            ]
+            if t.info["variant"]:
+                draft.append(f"draft.variant={t.info['variant']}")
+            evaluations.append(
+                Step(
+                    "evaluate",
+                    f"{dataset}: {t.label}",
+                    [*eval_common, f"dataset={dataset}", *draft],
+                    exp_dir / "evaluate" / f"{dataset}__{t.label.replace('/', '__')}",
+                    needs=t.label,
+                    info={"dataset": dataset},
+                )
+            )
+    return trainings + evaluations
+
+
+def trained_already(step: Step) -> bool:
+    """An export with the same training settings exists; one made with other settings is an error."""
+    export = step.info["export_dir"]
+    summary_file = export / "train_summary.json"
+    if not summary_file.is_file() or not (export / "draft" / "config.json").is_file():
+        return False
+    summary = json.loads(summary_file.read_text())
+    wanted = {"train": step.info["train"], "imbalance": step.info["imbalance"]}
+    found = {"train": summary.get("train"), "imbalance": summary.get("data", {}).get("imbalance")}
+    for key in ("train", "imbalance"):
+        if found[key] is None and key == "imbalance":
+            continue  # made before train_summary recorded the imbalance settings
+        differ = sorted(
+            k for k in set(wanted[key]) | set(found[key]) if wanted[key].get(k) != found[key].get(k)
+        )
+        if differ:
+            k = differ[0]
+            raise SpecfairError(
+                f"{export} was trained with {key}.{k}={found[key].get(k)!r}, this experiment asks for "
+                f"{wanted[key].get(k)!r}: delete that folder or point the experiment elsewhere with paths.ckpt_dir=..."
+            )
+    return True
+
+
+def evaluated_already(step: Step) -> bool:
+    """A completed run folder made with exactly these overrides (other settings: run again)."""
+    overrides = step.out_dir / ".hydra" / "overrides.yaml"
+    if not (step.out_dir / "summary.json").is_file() or not overrides.is_file():
+        return False
+    recorded = [o for o in yaml.safe_load(overrides.read_text()) if not o.startswith("hydra.")]
+    return recorded == step.overrides
+
+
+def command(step: Step) -> list[str]:
+    script = ROOT / ("train.py" if step.kind == "train" else "evaluate.py")
+    return [sys.executable, str(script), *step.overrides, f"hydra.run.dir={step.out_dir}"]
+
+
+def failure_reason(step: Step, returncode: int) -> str:
+    error = step.out_dir / "error.txt"
+    if error.is_file():
+        return error.read_text().strip()
+    return f"exit status {returncode}; see {step.out_dir}"
+
+
+def run_steps(steps: list[Step]) -> None:
+    failed_trainings = set()
+    for i, step in enumerate(steps, 1):
+        head = f"[{i}/{len(steps)}] {step.kind} {step.label}"
+        if step.needs in failed_trainings:
+            step.status, step.why = "failed", f"its draft's training ({step.needs}) failed"
+            log.error("%s: skipped, %s", head, step.why)
+            continue
+        done = trained_already(step) if step.kind == "train" else evaluated_already(step)
+        if done:
+            step.status = "skipped"
+            log.info("%s: already done (%s)", head, step.info.get("export_dir", step.out_dir))
+            continue
+        log.info("%s\n    %s", head, " ".join(command(step)[1:]))
+        start = time.perf_counter()
+        result = subprocess.run(command(step), cwd=ROOT)
+        step.seconds = time.perf_counter() - start
+        if result.returncode == 0 and (step.kind == "train" or (step.out_dir / "summary.json").is_file()):
+            step.status = "done"
+            log.info("%s: done in %.0f s", head, step.seconds)
+        else:
+            step.status, step.why = "failed", failure_reason(step, result.returncode)
+            log.error("%s: failed: %s", head, step.why)
+            if step.kind == "train":
+                failed_trainings.add(step.label)
+
+
+def write_steps(steps: list[Step], exp_dir: Path) -> None:
+    rows = [
+        {
+            "kind": s.kind,
+            "label": s.label,
+            "status": s.status,
+            "why": s.why,
+            "seconds": round(s.seconds, 1),
+            "out_dir": str(s.out_dir),
+            "command": " ".join(command(s)[1:]),
+        }
+        for s in steps
+    ]
+    (exp_dir / "steps.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def run_experiment(cfg: DictConfig) -> dict:
+    """Plan, run what is missing, report over the evaluation folders; returns the report."""
+    from specfair.report import build_report
+
+    exp_dir = Path(cfg.paths.output_dir)
+    steps = plan(cfg, exp_dir)
+    log.info(
+        "experiment %s: %d trainings, %d evaluations, in %s",
+        cfg.experiment.name,
+        sum(s.kind == "train" for s in steps),
+        sum(s.kind == "evaluate" for s in steps),
+        exp_dir,
+    )
+    if cfg.get("dry_run"):
+        for s in steps:
+            print(" ".join(command(s)[1:]))
+        return {}
+    try:
+        run_steps(steps)
+    finally:
+        write_steps(steps, exp_dir)
+    logger = OmegaConf.to_container(cfg.logger, resolve=True)
+    expected = [(s.needs, s.info["dataset"]) for s in steps if s.kind == "evaluate" and s.needs]
+    report = build_report([exp_dir / "evaluate"], exp_dir, {**logger, "group": cfg.experiment.name}, expected)
+    failed = [s for s in steps if s.status == "failed"]
+    if failed:
+        raise SpecfairError(
+            f"{len(failed)} of {len(steps)} steps failed (first: {failed[0].label}: {failed[0].why}); "
+            f"the report in {exp_dir / 'report.md'} covers the rest"
+        )
+    return report

@@ -1,0 +1,192 @@
+"""Experiments: the planned steps of the shipped configs, and a tiny transfer experiment run end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import compose_cfg
+
+from specfair import ROOT
+from specfair.errors import SpecfairError
+from specfair.experiment import Step, plan, trained_already, variant_name
+
+
+def planned(name, *overrides, tmp="/tmp/specfair-plan"):
+    cfg = compose_cfg(f"experiment={name}", f"paths.ckpt_dir={tmp}/ckpts", *overrides, config="experiments")
+    return plan(cfg, ROOT / "logs" / "experiment" / name)
+
+
+def test_q1_trains_each_dataset_and_evaluates_base_and_finetuned_on_it():
+    steps = planned("q1")
+    trainings = [s for s in steps if s.kind == "train"]
+    evaluations = [s for s in steps if s.kind == "evaluate"]
+    assert [s.label for s in trainings] == ["agnews/kd_short", "imdb/kd_short", "cnn_dm/kd_short"]
+    assert [s.label for s in evaluations] == [
+        "agnews: base",
+        "agnews: agnews/kd_short",
+        "imdb: base",
+        "imdb: imdb/kd_short",
+        "cnn_dm: base",
+        "cnn_dm: cnn_dm/kd_short",
+    ]
+    # the export the training writes is the folder draft=finetuned would load
+    t = trainings[1]
+    assert t.info["export_dir"].as_posix() == "/tmp/specfair-plan/ckpts/smollm2_135m/imdb/kd_short"
+    assert "draft.path=/tmp/specfair-plan/ckpts/smollm2_135m/imdb/kd_short/draft" in evaluations[3].overrides
+    assert all("logger.group=q1" in e.overrides for e in evaluations)
+
+
+def test_transfer_evaluates_every_draft_on_every_dataset():
+    steps = planned("transfer")
+    evaluations = [s for s in steps if s.kind == "evaluate"]
+    assert len(evaluations) == 5 * (1 + 3)
+    cells = {(s.needs, s.info["dataset"]) for s in evaluations if s.needs}
+    assert ("agnews/kd_short", "emotion") in cells and ("cnn_dm/kd_short", "sst2") in cells
+    assert all("baseline=false" in s.overrides for s in evaluations)
+
+
+def test_q2_gives_each_mix_its_own_checkpoint_and_keeps_evaluation_balanced():
+    steps = planned("q2_imbalance")
+    trainings = [s for s in steps if s.kind == "train"]
+    assert len(trainings) == 2 * 4 + 2
+    exports = {s.info["export_dir"] for s in trainings}
+    assert len(exports) == len(trainings)  # no two mixes share a folder
+    assert {s.info["imbalance"]["ratio"] for s in trainings} == {1, 10, 100}
+    balanced = [s for s in trainings if s.info["train"]["sampling"] == "balanced"]
+    assert len(balanced) == 1 and balanced[0].info["imbalance"]["ratio"] == 100
+    for s in steps:
+        if s.kind == "evaluate":
+            assert not any(o.startswith("dataset.imbalance") for o in s.overrides)
+    assert variant_name({"dataset.imbalance.ratio": 10, "dataset.imbalance.head": "Sci/Tech", "seed": 1}) == (
+        "rho10_headSci-Tech_seed1"
+    )
+
+
+def test_a_checkpoint_trained_with_other_settings_is_refused(tmp_path):
+    step = planned("q1", tmp=str(tmp_path))[0]
+    export = step.info["export_dir"]
+    assert not trained_already(step)
+    (export / "draft").mkdir(parents=True)
+    (export / "draft" / "config.json").write_text("{}")
+    summary = {
+        "train": {**step.info["train"], "max_steps": 250},
+        "data": {"imbalance": step.info["imbalance"]},
+    }
+    (export / "train_summary.json").write_text(json.dumps(summary))
+    with pytest.raises(SpecfairError, match="train.max_steps=250.*asks for 120"):
+        trained_already(step)
+    summary["train"]["max_steps"] = 120
+    (export / "train_summary.json").write_text(json.dumps(summary))
+    assert trained_already(step)
+
+
+TINY = """# @package _global_
+experiment:
+  name: tiny
+  train:
+    overrides: {train.max_steps: 3, train.batch_size: 2, train.max_length: 16, train.val_every: 3,
+                train.warmup_steps: 0, train.optimizer.lr: 0.003, dataset.train_per_category: 20,
+                dataset.per_category: 2}
+    grid: {dataset: [agnews]}
+    runs:
+      - {dataset: sst2, train.max_steps: 0}   # fails: its cells must show as missing
+  evaluate:
+    datasets: [agnews, imdb]
+    base: true
+    overrides: {dataset.per_category: 3, spec.max_new_tokens: 6, baseline: false}
+"""
+
+
+def run_tiny(tmp):
+    return subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "experiment.py"),
+            "experiment=tiny",
+            f"hydra.searchpath=[file://{tmp / 'conf'}]",
+            f"hydra.run.dir={tmp / 'exp'}",
+            f"paths.ckpt_dir={tmp / 'ckpts'}",
+            "logger=none",
+            'overrides=["logger=none","seed=2"]',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd="/",
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("experiment")
+    (tmp / "conf" / "experiment").mkdir(parents=True)
+    (tmp / "conf" / "experiment" / "tiny.yaml").write_text(TINY)
+    return tmp, run_tiny(tmp)
+
+
+def test_tiny_transfer_experiment_reports_the_runs_numbers_and_missing_cells(tiny):
+    tmp, result = tiny
+    # the sst2 training fails: the experiment goes on, reports, then says so in one line
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]  # the failed step printed its own error line before
+    assert last.startswith("error: 3 of 8 steps failed") and "train.max_steps=0" in last
+    steps = json.loads((tmp / "exp" / "steps.json").read_text())
+    assert [s["status"] for s in steps].count("done") == 1 + 4
+
+    report = json.loads((tmp / "exp" / "report.json").read_text())
+    m = report["transfer"]
+    assert m["rows"] == ["base", "agnews/kd", "sst2/kd"]
+    assert m["columns"] == ["agnews", "imdb"]
+    summaries = {
+        d.name: json.loads((d / "summary.json").read_text()) for d in (tmp / "exp" / "evaluate").iterdir()
+    }
+    for row, key in (("base", "base"), ("agnews/kd", "agnews__kd")):
+        for dataset in ("agnews", "imdb"):
+            run = f"{dataset}__base" if row == "base" else f"{dataset}__{key}"
+            alpha = summaries[run]["overall"]["alpha"]
+            assert m["alpha"][row][dataset]["value"] == pytest.approx(alpha)
+            if row != "base":
+                base = summaries[f"{dataset}__base"]["overall"]["alpha"]
+                assert m["delta"][row][dataset]["value"] == pytest.approx(alpha - base)
+                assert m["delta"][row][dataset]["low"] <= m["delta"][row][dataset]["high"]
+    # the drafts differ, so the checks above mean something
+    assert m["alpha"]["agnews/kd"] != m["alpha"]["base"]
+    # baseline=false: no target-alone run, so no speedup and no lossless check rather than made-up ones
+    assert summaries["imdb__base"]["overall"]["speedup"] is None
+    assert summaries["imdb__base"]["lossless_mismatches"] is None
+    assert report["comparisons"][0]["overall"]["gain"]["speedup"]["value"] is None
+    assert "speedup not timed" in report["comparisons"][0]["q1_sentence"]
+    trained = summaries["imdb__agnews__kd"]["draft_training"]
+    assert trained["dataset"] == "agnews" and trained["objective"] == "kd" and trained["steps"] == 3
+    # the failed draft's cells are missing, never zero
+    assert m["alpha"]["sst2/kd"] == {"agnews": None, "imdb": None}
+    assert m["missing"] == [["sst2/kd", "agnews"], ["sst2/kd", "imdb"]]
+    assert set(m["categories"]["imdb"]) == {"neg", "pos"}
+    md = (tmp / "exp" / "report.md").read_text()
+    assert "## Transfer matrix" in md and "| sst2/kd | missing | missing |" in md
+    assert any(s.startswith("In domain, alpha changed by") for s in m["sentences"])
+    with open(m["plot"], "rb") as f:
+        png = f.read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10000
+
+
+def test_a_second_run_resumes_instead_of_repeating(tiny):
+    tmp, _ = tiny
+    again = run_tiny(tmp)
+    assert again.returncode == 2
+    steps = json.loads((tmp / "exp" / "steps.json").read_text())
+    assert [s["status"] for s in steps].count("skipped") == 1 + 4
+    assert [s["status"] for s in steps].count("failed") == 3
+
+
+def test_step_commands_are_the_user_commands(tmp_path):
+    from specfair.experiment import command
+
+    step = Step("evaluate", "x", ["dataset=imdb", "draft=base"], tmp_path / "run")
+    assert command(step)[1:] == [
+        str(ROOT / "evaluate.py"),
+        "dataset=imdb",
+        "draft=base",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]

@@ -1,0 +1,68 @@
+"""Q2 across imbalance ratios on hand-built comparisons whose answers are known by construction."""
+
+import pytest
+
+from specfair import imbalance
+from specfair.data import imbalance_counts
+
+CATEGORIES = ["a", "b", "c", "d"]
+EASE = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}  # what each category gains anyway
+
+
+def comparison(ratio, head, bonus, sampling="natural"):
+    """A fine-tuned run whose head category gains `bonus` on top of its own ease."""
+    planned = imbalance_counts(CATEGORIES, 1000, {"ratio": ratio, "head": head})
+    total = sum(planned.values())
+    head_name = CATEGORIES[head]
+    return {
+        "dataset": "toy",
+        "finetuned": f"finetuned:toy/kd/rho{ratio}_head{head}_{sampling}",
+        "categories": {
+            c: {"gain": {"alpha": {"value": EASE[c] + (bonus if c == head_name else 0.0)}}}
+            for c in CATEGORIES
+        },
+        "q2": {
+            "imbalance": {"ratio": ratio, "head": head, "profile": "exponential"},
+            "sampling": sampling,
+            "seed": 0,
+            "shares": {c: {"tokens": planned[c] / total, "texts": planned[c] / total} for c in CATEGORIES},
+        },
+    }
+
+
+@pytest.fixture
+def result():
+    runs = [comparison(1, 0, 0.0)]
+    runs += [comparison(10, h, 0.1) for h in range(4)]
+    runs += [comparison(10, 0, 0.0, sampling="balanced")]
+    return imbalance.analyze(runs)["toy"]
+
+
+def test_rotation_separates_data_from_category_ease(result):
+    natural = {c["ratio"]: c for c in result["conditions"] if c["sampling"] == "natural"}
+    # averaged over the four heads, the head's edge is exactly the bonus, whatever each category's ease
+    assert natural[10]["head_minus_rest"]["mean"] == pytest.approx(0.1)
+    assert natural[10]["runs"] == 4 and natural[10]["heads"] == CATEGORIES
+    # one head only: its low ease shows (0.1 - mean(0.2, 0.3, 0.4))
+    assert natural[1]["head_minus_rest"]["mean"] == pytest.approx(-0.2)
+    ranks = natural[10]["gain_by_rank"]
+    assert ranks[0]["mean"] == pytest.approx(0.35) and ranks[-1]["mean"] == pytest.approx(0.25)
+    assert ranks[0]["n"] == 4
+    balanced = next(c for c in result["conditions"] if c["sampling"] == "balanced")
+    assert balanced["head_minus_rest"]["mean"] == pytest.approx(-0.2)
+
+
+def test_sentences_table_and_plot(result, tmp_path):
+    text = " ".join(result["sentences"])
+    assert (
+        "+0.100 at rho=10" in text and "With balanced sampling at rho=10, head minus rest was -0.200" in text
+    )
+    md = "\n".join(imbalance.markdown(result))
+    assert "| natural | 10 | 4 | 0.350 |" in md
+    png = imbalance.plot(result, tmp_path)
+    data = png.read_bytes()
+    assert png.name == "toy_gain_vs_ratio.png" and data[:4] == b"\x89PNG" and len(data) > 10000
+
+
+def test_one_ratio_is_not_an_imbalance_experiment():
+    assert imbalance.analyze([comparison(10, h, 0.1) for h in range(4)]) == {}
