@@ -131,3 +131,27 @@ def test_cli(sweep, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "agnews: alpha rose in" in out.stdout and (tmp_path / "report.md").is_file()
+
+
+def test_callback_logs_the_report_to_wandb_in_the_sweeps_group(sweep, tmp_path):
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from specfair.report import ReportCallback
+
+    sweep_dir, _ = sweep
+    copy = tmp_path / "my-sweep"
+    shutil.copytree(sweep_dir, copy)
+    config = OmegaConf.create(
+        {
+            "hydra": {"sweep": {"dir": str(copy)}},
+            "logger": {"enabled": True, "mode": "offline", "group": None},
+        }
+    )
+    ReportCallback().on_multirun_end(config)
+    runs = list((copy / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and (copy / "report.md").is_file()
+    # the offline run's protobuf log holds the group, the job type and the logged tables as plain strings
+    data = b"".join(f.read_bytes() for f in runs[0].glob("*.wandb"))
+    assert b"my-sweep" in data and b"report" in data and b"q1_q2" in data and b"agnews_alpha_bars" in data

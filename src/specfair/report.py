@@ -173,8 +173,9 @@ def compare(base: dict, tuned: dict) -> dict:
 
 def q2(tuned_summary: dict, categories: list[str], gains: dict) -> dict | None:
     """Training share (texts, tokens) per category against the alpha gain: Spearman and gain shares."""
-    train = training_summary(tuned_summary)
-    if not train:
+    train, dataset = training_summary(tuned_summary), tuned_summary["dataset"]["name"]
+    if not train or train.get("dataset", dataset) != dataset:
+        # no training data, or another dataset's (a transfer run): its shares say nothing about these categories
         return None
     counts = train["data"]["train_counts"]
     rows = {c: counts.get(c, {}).get("rows", 0) for c in categories}

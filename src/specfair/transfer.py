@@ -121,25 +121,23 @@ def sentences(m: dict) -> list[str]:
             f"{dirs.count(-1)} and did not move clearly (95% CI spans 0) in {dirs.count(0)}; mean change "
             f"{_f(mean, sign=True)}."
         )
-        losses = sorted(
+        lowest = sorted(
             (
                 (cell["value"], d, category, r, cell)
                 for r, d in outside
                 for category, per_row in m["categories"][d].items()
-                if (cell := per_row.get(r)) is not None and cell["value"] is not None and cell["value"] < 0
+                if (cell := per_row.get(r)) is not None and cell["value"] is not None
             ),
             key=lambda t: t[0],
         )[:3]
-        if losses:
-            out.append(
-                "The categories that lose most out of domain: "
-                + "; ".join(
-                    f"{d}/{cat} {_ci(cell, sign=True)} with the {r} draft" for _, d, cat, r, cell in losses
-                )
-                + "."
+        if lowest:
+            listed = "; ".join(
+                f"{d}/{cat} {_ci(cell, sign=True)} with the {r} draft" for _, d, cat, r, cell in lowest
             )
-        else:
-            out.append("No category lost alpha out of domain.")
+            if lowest[0][0] < 0:
+                out.append(f"The categories that lose most out of domain: {listed}.")
+            else:
+                out.append(f"No category lost alpha out of domain; the smallest gains: {listed}.")
     if m["missing"]:
         out.append(
             "Missing cells (the run failed or was not made): "
@@ -210,7 +208,9 @@ def heatmap(m: dict, out_dir: Path) -> Path:
                 text = "missing" if cell is None or cell["value"] is None else _f(cell["value"], 2, signed)
                 if cell is not None and cell["low"] is not None:
                     text += f"\n[{_f(cell['low'], 2, signed)}, {_f(cell['high'], 2, signed)}]"
-                ax.text(j, i, text, ha="center", va="center", fontsize=7)
+                shade = image.cmap(image.norm(data[i, j])) if np.isfinite(data[i, j]) else (1, 1, 1, 1)
+                dark = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] < 0.5
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
         ax.set_xticks(range(len(m["columns"])), m["columns"], rotation=20, ha="right")
         ax.set_yticks(range(len(labels)), labels)
         ax.set_xlabel("evaluated on")
