@@ -271,6 +271,7 @@ def run_experiment(cfg: DictConfig) -> dict:
         run_steps(steps)
     finally:
         write_steps(steps, exp_dir)
+    (exp_dir / "evaluate").mkdir(parents=True, exist_ok=True)  # empty when every evaluation failed
     logger = OmegaConf.to_container(cfg.logger, resolve=True)
     expected = [(s.needs, s.info["dataset"]) for s in steps if s.kind == "evaluate" and s.needs]
     report = build_report([exp_dir / "evaluate"], exp_dir, {**logger, "group": cfg.experiment.name}, expected)
