@@ -26,6 +26,7 @@ def comparison(ratio, head, bonus, sampling="natural"):
             "sampling": sampling,
             "seed": 0,
             "shares": {c: {"tokens": planned[c] / total, "texts": planned[c] / total} for c in CATEGORIES},
+            "validation_gain": {c: EASE[c] + (bonus / 2 if c == head_name else 0.0) for c in CATEGORIES},
         },
     }
 
@@ -42,6 +43,7 @@ def test_rotation_separates_data_from_category_ease(result):
     natural = {c["ratio"]: c for c in result["conditions"] if c["sampling"] == "natural"}
     # averaged over the four heads, the head's edge is exactly the bonus, whatever each category's ease
     assert natural[10]["head_minus_rest"]["mean"] == pytest.approx(0.1)
+    assert natural[10]["head_minus_rest_validation"] == pytest.approx(0.05)  # the training run's own check
     assert natural[10]["runs"] == 4 and natural[10]["heads"] == CATEGORIES
     # one head only: its low ease shows (0.1 - mean(0.2, 0.3, 0.4))
     assert natural[1]["head_minus_rest"]["mean"] == pytest.approx(-0.2)

@@ -191,8 +191,7 @@ def evaluated_already(step: Step) -> bool:
     overrides = step.out_dir / ".hydra" / "overrides.yaml"
     if not (step.out_dir / "summary.json").is_file() or not overrides.is_file():
         return False
-    recorded = [o for o in yaml.safe_load(overrides.read_text()) if not o.startswith("hydra.")]
-    return recorded == step.overrides
+    return yaml.safe_load(overrides.read_text()) == step.overrides  # task overrides only (no hydra.*)
 
 
 def command(step: Step) -> list[str]:

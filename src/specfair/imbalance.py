@@ -33,12 +33,16 @@ def run_entry(comparison: dict) -> dict | None:
         "rank": {c: order.index(c) for c in categories},
         "gain": {c: comparison["categories"][c]["gain"]["alpha"]["value"] for c in categories},
         "share": {c: q["shares"][c]["tokens"] for c in categories},
+        "validation_gain": q.get("validation_gain") or {},
     }
 
 
-def head_minus_rest(run: dict) -> float:
-    others = [g for c, g in run["gain"].items() if c != run["head"]]
-    return run["gain"][run["head"]] - float(np.mean(others))
+def head_minus_rest(run: dict, key: str = "gain") -> float | None:
+    """The head's gain minus the others' mean; key=validation_gain uses the training run's own check."""
+    gains = run[key]
+    if set(gains) != set(run["rank"]):
+        return None  # not recorded for every category (an older train_summary.json)
+    return gains[run["head"]] - float(np.mean([g for c, g in gains.items() if c != run["head"]]))
 
 
 def analyze(comparisons: list[dict]) -> dict[str, dict]:
@@ -61,6 +65,7 @@ def analyze(comparisons: list[dict]) -> dict[str, dict]:
                     {"mean": float(np.mean(g)), "min": float(min(g)), "max": float(max(g)), "n": len(g)}
                 )
             hmr = [head_minus_rest(r) for r in group]
+            validation = [head_minus_rest(r, "validation_gain") for r in group]
             shares = [r["share"][c] for r in group for c in r["gain"]]
             gains = [r["gain"][c] for r in group for c in r["gain"]]
             conditions.append(
@@ -75,6 +80,7 @@ def analyze(comparisons: list[dict]) -> dict[str, dict]:
                         "min": float(min(hmr)),
                         "max": float(max(hmr)),
                     },
+                    "head_minus_rest_validation": None if None in validation else float(np.mean(validation)),
                     "spearman_share_vs_gain": stats.spearman_permutation(shares, gains, seed=0)
                     if ratio > 1  # at rho = 1 the shares are equal by design: any order among them is noise
                     else {"rho": None, "p_value": None},
@@ -177,8 +183,8 @@ def markdown(result: dict) -> list[str]:
     lines += [
         "| sampling | rho | runs | "
         + " | ".join("head" if i == 0 else ("tail" if i == k - 1 else f"rank {i + 1}") for i in range(k))
-        + " | head − rest [range] | Spearman share vs gain (p) |",
-        "|---" * (k + 5) + "|",
+        + " | head − rest [range] | Spearman share vs gain (p) | head − rest, training validation |",
+        "|---" * (k + 6) + "|",
     ]
     for c in result["conditions"]:
         s = c["spearman_share_vs_gain"]
@@ -188,6 +194,6 @@ def markdown(result: dict) -> list[str]:
             + f" | {_f(c['head_minus_rest']['mean'])} [{_f(c['head_minus_rest']['min'])}, "
             f"{_f(c['head_minus_rest']['max'])}] | "
             + (f"{s['rho']:+.2f} ({s['p_value']:.2f})" if s["rho"] is not None else "n/a")
-            + " |"
+            + f" | {_f(c['head_minus_rest_validation'])} |"
         )
     return lines + [""]

@@ -190,6 +190,13 @@ def q2(tuned_summary: dict, categories: list[str], gains: dict) -> dict | None:
         "gain_shares": stats.gain_shares(gains, {c: shares[c]["tokens"] for c in categories}),
         "train_summary": train.get("run_dir"),
         "imbalance": train["data"].get("imbalance"),
+        # the training run's own per-category check (teacher-forced expected alpha on held-out texts)
+        "validation_gain": {
+            c: train["val_after"][f"expected_alpha/{c}"] - train["val_before"][f"expected_alpha/{c}"]
+            for c in categories
+            if f"expected_alpha/{c}" in train.get("val_after", {})
+            and f"expected_alpha/{c}" in train.get("val_before", {})
+        },
         "sampling": train.get("train", {}).get("sampling"),
         "seed": train.get("seed"),
     }
@@ -411,10 +418,12 @@ def build_report(paths, out_dir: Path, wandb_cfg: dict | None = None, expected=(
     cells = [*expected, *filter(None, (intended_cell(Path(f["run"])) for f in failed))]
     cells = [(row.removeprefix("finetuned:"), dataset) for row, dataset in cells]
     if transfer.applies(comparisons) or any(row.split("/")[0] not in ("base", d) for row, d in cells):
+        paired = {c["dataset"] for c in comparisons}  # their base alpha is in the comparison already
         base_alpha = {}
         for r in runs:
-            if r["label"] == "base":
-                base_alpha.setdefault(r["summary"]["dataset"]["name"], describe(r["records"])["alpha"])
+            dataset = r["summary"]["dataset"]["name"]
+            if r["label"] == "base" and dataset not in paired and dataset not in base_alpha:
+                base_alpha[dataset] = stats.bootstrap_ci(r["records"], "alpha", resamples=RESAMPLES, seed=0)
         report["transfer"] = transfer.build(comparisons, base_alpha, cells)
         report["transfer"]["plot"] = str(transfer.heatmap(report["transfer"], out_dir))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")

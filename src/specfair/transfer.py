@@ -27,7 +27,7 @@ def applies(comparisons: list[dict]) -> bool:
 def build(comparisons: list[dict], base_alpha: dict[str, dict], missing: list[tuple[str, str]]) -> dict:
     """The matrix of overall alpha and of its change against the base draft, with per-category changes.
 
-    base_alpha: dataset -> {value, low, high} of the base draft (from any base run on that dataset).
+    base_alpha: dataset -> {value, low, high} of the base draft where no comparison holds it (unpaired base runs).
     missing: (row, column) cells that were planned but have no completed run (failed runs).
     """
     rows, columns, trained_on = [BASE], [], {BASE: None}
@@ -49,7 +49,7 @@ def build(comparisons: list[dict], base_alpha: dict[str, dict], missing: list[tu
         r, d = row_label(c), c["dataset"]
         alpha[r][d] = _cell(c["overall"]["finetuned"]["alpha"])
         delta[r][d] = _cell(c["overall"]["gain"]["alpha"])
-        alpha[BASE][d] = alpha[BASE][d] or _cell(c["overall"]["base"]["alpha"])
+        alpha[BASE][d] = _cell(c["overall"]["base"]["alpha"])
         for category, entry in c["categories"].items():
             categories[d].setdefault(category, {})[r] = _cell(entry["gain"]["alpha"])
     matrix = {
