@@ -44,7 +44,7 @@ def build(comparisons: list[dict], base_alpha: dict[str, dict], missing: list[tu
     delta = {r: {d: None for d in columns} for r in rows}
     categories: dict[str, dict[str, dict]] = {d: {} for d in columns}
     for d, value in base_alpha.items():
-        alpha[BASE][d] = value
+        alpha[BASE][d] = _cell(value)
     for c in comparisons:
         r, d = row_label(c), c["dataset"]
         alpha[r][d] = _cell(c["overall"]["finetuned"]["alpha"])
