@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 import specfair  # noqa: F401  (registers the ${specfair_root:} resolver)
-from specfair.errors import run_app
+from specfair.app import run_app
 
 log = logging.getLogger("evaluate")
 
@@ -14,7 +14,7 @@ log = logging.getLogger("evaluate")
 def task(cfg: DictConfig) -> dict | None:
     from rich.console import Console
 
-    from specfair.evaluation import evaluate, summary_table
+    from specfair.evaluation.run import evaluate, summary_table
 
     summary = evaluate(cfg)  # also logs to W&B unless logger=none
     if summary is None:  # not rank 0

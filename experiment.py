@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 import specfair  # noqa: F401  (registers the ${specfair_root:} resolver)
-from specfair.errors import run_app
+from specfair.app import run_app
 
 
 def task(cfg: DictConfig) -> None:

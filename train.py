@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 import specfair  # noqa: F401  (registers the ${specfair_root:} resolver)
-from specfair.errors import run_app
+from specfair.app import run_app
 
 log = logging.getLogger("train")
 
@@ -14,7 +14,7 @@ log = logging.getLogger("train")
 def task(cfg: DictConfig) -> dict | None:
     from rich.console import Console
 
-    from specfair.training import summary_table, train
+    from specfair.training.run import summary_table, train
 
     summary = train(cfg)
     if not summary:  # not rank 0

@@ -38,8 +38,9 @@ from rich.table import Table
 from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from specfair import ROOT
+from specfair.decoding.engine import DecodeStats, autoregressive_generate, now, speculative_generate
 from specfair.errors import SpecfairError
-from specfair.metrics import predicted_block_efficiency
+from specfair.evaluation.acceptance import predicted_block_efficiency
 from specfair.models import (
     EMBEDDED,
     load_model,
@@ -48,7 +49,6 @@ from specfair.models import (
     resolve_source,
     truncated_draft,
 )
-from specfair.speculative import DecodeStats, autoregressive_generate, now, speculative_generate
 
 SAMPLES = ROOT / "data" / "samples"
 PROMPT_TOKENS = 32

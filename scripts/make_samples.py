@@ -65,7 +65,7 @@ def cnn_dm(n_eval=16, n_train=40):
     categories come from the same id -> URL -> section join as on the hub, via the URL lines saved beside."""
     from omegaconf import OmegaConf
 
-    from specfair import cnndm
+    from specfair.data import cnndm
 
     groups = OmegaConf.to_container(
         OmegaConf.load(OUT.parents[1] / "conf/dataset/cnn_dm.yaml").section_groups

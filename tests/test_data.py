@@ -7,8 +7,9 @@ import pytest
 from conftest import SHARED_DATA, compose_cfg
 from omegaconf import OmegaConf
 
-from specfair import ROOT, cnndm
-from specfair.data import (
+from specfair import ROOT
+from specfair.data import cnndm
+from specfair.data.rows import (
     build_splits,
     categories_of,
     check_disjoint,

@@ -13,7 +13,8 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 
 from specfair import ROOT
-from specfair.distill import (
+from specfair.errors import SpecfairError
+from specfair.training.distill import (
     DraftModule,
     ExpectedAlpha,
     distillation_loss,
@@ -21,8 +22,7 @@ from specfair.distill import (
     make_loaders,
     sampling_weights,
 )
-from specfair.errors import SpecfairError
-from specfair.training import SaveOnInterrupt
+from specfair.training.run import SaveOnInterrupt
 
 
 def reference(p_logits, q_logits, kind, beta=0.5, temperature=1.0):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from specfair import imbalance
-from specfair.data import imbalance_counts
+from specfair.analysis import imbalance
+from specfair.data.rows import imbalance_counts
 
 CATEGORIES = ["a", "b", "c", "d"]
 EASE = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}  # what each category gains anyway

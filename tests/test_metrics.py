@@ -5,7 +5,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from specfair.metrics import CategoryAcceptance, predicted_block_efficiency
+from specfair.evaluation.acceptance import CategoryAcceptance, predicted_block_efficiency
 
 
 def record(category, accept, propose, new_tokens, wall=1.0, base_wall=2.0, base_tokens=None, draft_s=0.1):

@@ -5,9 +5,9 @@ import torch
 from conftest import tiny_llama
 from omegaconf import OmegaConf
 
+from specfair.decoding.engine import autoregressive_generate, speculative_generate
 from specfair.errors import SpecfairError
 from specfair.models import EMBEDDED, check_tokenizers, load_pair, load_tokenizer, truncated_draft
-from specfair.speculative import autoregressive_generate, speculative_generate
 
 
 def test_truncated_draft_copies_the_first_layers_and_never_shares_tensors():

@@ -5,8 +5,8 @@ import torch
 from conftest import tiny_llama
 from scipy.stats import chisquare
 
+from specfair.decoding.engine import autoregressive_generate, logits_to_probs, speculative_generate
 from specfair.errors import SpecfairError
-from specfair.speculative import autoregressive_generate, logits_to_probs, speculative_generate
 
 PROMPTS = [[1, 2, 3], [5], [7, 7, 1, 0, 4, 2, 6, 3, 3, 1], [4, 4]]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from specfair.stats import (
+from specfair.analysis.stats import (
     bootstrap_ci,
     fairness,
     gain_shares,

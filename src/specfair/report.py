@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from specfair import imbalance, stats, transfer
+from specfair.analysis import imbalance, stats, transfer
 
 log = logging.getLogger(__name__)
 

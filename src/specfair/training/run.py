@@ -18,10 +18,10 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from specfair.data import build_splits, train_text
-from specfair.distill import DIVERGENCES, DraftModule, make_loaders
+from specfair.data.rows import build_splits, train_text
 from specfair.errors import SpecfairError
 from specfair.models import load_pair
+from specfair.training.distill import DIVERGENCES, DraftModule, make_loaders
 
 log = logging.getLogger(__name__)
 

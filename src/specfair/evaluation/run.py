@@ -20,10 +20,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from specfair.data import Prompt, build_splits, tokenize_prompts, train_text
-from specfair.metrics import CategoryAcceptance
+from specfair.data.rows import Prompt, build_splits, tokenize_prompts, train_text
+from specfair.decoding.engine import autoregressive_generate, check_generation_args, now, speculative_generate
+from specfair.evaluation.acceptance import CategoryAcceptance
 from specfair.models import Pair, load_pair
-from specfair.speculative import autoregressive_generate, check_generation_args, now, speculative_generate
 from specfair.tracking import log_evaluation
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from specfair import stats
-from specfair.data import imbalance_counts
+from specfair.analysis import stats
+from specfair.data.rows import imbalance_counts
 
 
 def run_entry(comparison: dict) -> dict | None:

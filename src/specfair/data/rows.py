@@ -223,7 +223,7 @@ def to_rows(records: list[dict], cfg: DictConfig, origin: str, source: str = "lo
 
 def url_categories(records: list[dict], cfg: DictConfig, source: str) -> list[str | None]:
     """CNN/DM: section group (or cnn/dailymail with group_by=source) from each row's URL or id."""
-    from specfair import cnndm
+    from specfair.data import cnndm
     from specfair.models import cache_root
 
     index = None
@@ -400,7 +400,7 @@ def build_splits(cfg: DictConfig, seed: int, count_tokens=None) -> Splits:
 
 
 def _fold_small_groups(eval_pool, train_pool, min_rows):
-    from specfair.cnndm import fold_small
+    from specfair.data.cnndm import fold_small
 
     every = eval_pool + (train_pool or [])
     folded = dict(zip([r.id for r in every], fold_small([r.category for r in every], min_rows), strict=True))

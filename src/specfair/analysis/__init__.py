@@ -1,0 +1,1 @@
+"""Statistics over finished runs (no torch): bootstrap CIs, paired tests, fairness, Q2 imbalance, transfer."""

@@ -1,0 +1,276 @@
+"""Typed run records: the files one stage writes and the next reads, with their schema in one place.
+
+- `SampleRecord`: one line of `samples.jsonl` (one prompt: ids, outputs, block counters, timings).
+- `RunSummary`: `summary.json` (run metadata plus the metric's per-category and overall glossary values).
+- `TrainSummary`: `train_summary.json` beside an exported draft (what it was trained on and how).
+
+Each is a dataclass (attribute access, a field list a reader can trust) that is also a read-only Mapping, so the
+statistics code can take plain dicts and records alike. Files carry `version`; a reader refuses a newer version
+in one line and fills fields an older file lacks with their defaults. No torch here: the analysis layer reads
+these without loading a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from specfair.errors import SpecfairError
+
+VERSION = 1
+
+# The glossary metrics the report compares (CIs, paired tests); every one is a ratio of summed counters.
+METRICS = ("alpha", "acceptance_rate", "block_efficiency", "speedup")
+# What W&B and tables show per category: the comparable metrics plus the two throughputs.
+LOGGED_METRICS = (*METRICS, "tokens_per_s", "baseline_tokens_per_s")
+# Per-prompt counters the metric sums (the DDP states); ratios are derived from their sums only.
+COUNTERS = (
+    "prompts",
+    "new_tokens",
+    "proposed",
+    "accepted",
+    "blocks",
+    "rejections",
+    "wall_s",
+    "draft_s",
+    "draft_steps",
+    "baseline_new_tokens",
+    "baseline_wall_s",
+)
+
+
+def ratio(num: float | None, den: float | None) -> float | None:
+    """num / den, or None where the ratio is undefined (no denominator): never a silent 0 or NaN."""
+    if num is None or den is None or den <= 0:
+        return None
+    return num / den
+
+
+R = TypeVar("R", bound="Record")
+
+
+class Record(Mapping):
+    """Dataclass base: `record.field` and `record["field"]` both work; unknown keys are kept in `extra`."""
+
+    kind: ClassVar[str] = "record"
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._names():
+            return getattr(self, key)
+        extra = self.__dict__.get("extra") or {}
+        if key in extra:
+            return extra[key]
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from (n for n in self._names() if n != "extra")
+        yield from self.__dict__.get("extra") or {}
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    @classmethod
+    def _names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    def to_dict(self) -> dict:
+        return {key: self[key] for key in self}
+
+    @classmethod
+    def from_dict(cls: type[R], data: Mapping, source: str | Path = "<dict>") -> R:
+        if not isinstance(data, Mapping):
+            raise SpecfairError(
+                f"{source}: expected a JSON object for a {cls.kind}, got {type(data).__name__}"
+            )
+        version = data.get("version", 0)
+        if not isinstance(version, int) or version > VERSION:
+            raise SpecfairError(
+                f"{source}: {cls.kind} version {version!r} is newer than this specfair reads ({VERSION}); "
+                "upgrade specfair"
+            )
+        names = set(cls._names())
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        missing = [n for n in required if n not in data]
+        if missing:
+            raise SpecfairError(f"{source}: {cls.kind} lacks field(s) {', '.join(missing)}")
+        known = {k: v for k, v in data.items() if k in names and k != "extra"}
+        extra = {k: v for k, v in data.items() if k not in names}
+        record = cls(**known)
+        if "extra" in names:
+            record.extra = {**(data.get("extra") or {}), **extra}
+        return record
+
+
+@dataclass
+class SampleRecord(Record):
+    """One prompt's evaluation. Counters follow the glossary (DESIGN.md); times in seconds, None if not timed.
+
+    In `mode=replay` the counters are computed from the target's cached greedy continuation and the draft's
+    teacher-forced argmax (exactly what decoding would count); the timing fields are None, never 0.
+    """
+
+    kind: ClassVar[str] = "samples.jsonl row"
+
+    index: int
+    id: str
+    category: str
+    prompt_ids: list[int]
+    output_ids: list[int]
+    new_tokens: int
+    proposed: int
+    accepted: int
+    blocks: int
+    rejections: int
+    accept_lengths: list[int]
+    proposed_lengths: list[int]
+    target_calls: int = 0
+    baseline_output_ids: list[int] | None = None
+    matches_baseline: bool | None = None
+    baseline_new_tokens: int = 0
+    wall_s: float | None = None
+    baseline_wall_s: float | None = None
+    draft_s: float | None = None
+    verify_s: float | None = None
+    prefill_s: float | None = None
+    # replay at temperature > 0: Σ_j β_j and the number of positions j (β_j = Σ_v min(p_j, q_j))
+    expected_accept_sum: float | None = None
+    expected_positions: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.target_calls:
+            self.target_calls = 1 + self.blocks
+
+
+@dataclass
+class RunSummary(Record):
+    """`summary.json` of one evaluation run: what was evaluated, how, and the metric's result."""
+
+    kind: ClassVar[str] = "summary.json"
+
+    dataset: dict
+    pair: dict
+    draft: dict
+    spec: dict
+    seed: int
+    overall: dict
+    categories: dict
+    version: int = VERSION
+    mode: str = "decode"  # decode: real generation, timed; replay: exact counters from cached continuations
+    draft_training: dict | None = None
+    baseline: bool = True
+    prompt_set: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    world_size: int = 1
+    target_layers: int | None = None
+    draft_layers: int | None = None
+    lossless_mismatches: int | None = None
+    replay_mismatches: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainSummary(Record):
+    """`train_summary.json` beside an exported draft: the data and settings it was fine-tuned with."""
+
+    kind: ClassVar[str] = "train_summary.json"
+
+    pair: str
+    dataset: str
+    train: dict
+    seed: int
+    steps: int
+    data: dict
+    version: int = VERSION
+    draft_layers: int | None = None
+    val_before: dict = field(default_factory=dict)
+    val_after: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+    best_checkpoint: str | None = None
+    run_dir: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _read_json(path: Path, kind: str):
+    if not path.is_file():
+        raise SpecfairError(f"{path}: no {kind} there")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise SpecfairError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+def save_json(record: Record, path: str | Path) -> None:
+    data = record.to_dict()
+    if "version" in {f.name for f in dataclasses.fields(record)}:
+        data["version"] = VERSION
+    _write_atomic(Path(path), json.dumps(data, indent=2) + "\n")
+
+
+def load_summary(path: str | Path) -> RunSummary:
+    """`summary.json` from a file or a run folder."""
+    path = Path(path)
+    path = path / "summary.json" if path.is_dir() else path
+    return RunSummary.from_dict(_read_json(path, "summary.json"), path)
+
+
+def load_train_summary(path: str | Path) -> TrainSummary:
+    """`train_summary.json` from a file, an export folder, or the `draft/` folder inside one."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "train_summary.json" if (path / "train_summary.json").is_file() else path.parent
+        path = path if path.name == "train_summary.json" else path / "train_summary.json"
+    return TrainSummary.from_dict(_read_json(path, "train_summary.json"), path)
+
+
+def find_train_summary(draft_path: str | Path | None) -> TrainSummary | None:
+    """The training record beside a fine-tuned draft folder, or None for a draft that was not trained here."""
+    if not draft_path:
+        return None
+    file = Path(draft_path).parent / "train_summary.json"
+    return load_train_summary(file) if file.is_file() else None
+
+
+def save_samples(records: list[SampleRecord] | list[dict], path: str | Path) -> None:
+    lines = (json.dumps(r.to_dict() if isinstance(r, Record) else dict(r)) + "\n" for r in records)
+    _write_atomic(Path(path), "".join(lines))
+
+
+def load_samples(path: str | Path) -> list[SampleRecord]:
+    """`samples.jsonl` from a file or a run folder; a cut-short or malformed line is named, never skipped."""
+    path = Path(path)
+    path = path / "samples.jsonl" if path.is_dir() else path
+    if not path.is_file():
+        raise SpecfairError(f"{path}: no samples.jsonl there")
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                raise SpecfairError(f"{path}:{number}: not a JSON line (file cut short?)") from None
+            records.append(SampleRecord.from_dict(data, f"{path}:{number}"))
+    return records
+
+
+def save_run(out_dir: str | Path, records: list, summary: RunSummary) -> None:
+    """samples.jsonl first, summary.json last: a folder with a summary is a complete run."""
+    out_dir = Path(out_dir)
+    save_samples(records, out_dir / "samples.jsonl")
+    save_json(summary, out_dir / "summary.json")
