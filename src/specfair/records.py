@@ -40,6 +40,8 @@ COUNTERS = (
     "draft_steps",
     "baseline_new_tokens",
     "baseline_wall_s",
+    "expected_accept_sum",
+    "expected_positions",
 )
 
 

@@ -74,15 +74,20 @@ def new_cache(model: PreTrainedModel) -> DynamicCache:
         return DynamicCache()
 
 
-def forward(model: PreTrainedModel, cache: DynamicCache, tokens: list[int], keep: int = 1) -> torch.Tensor:
-    """Feed the tokens the cache lacks; return the logits of the last `keep` positions, float32 [keep, V]."""
+def cache_kwarg(model: PreTrainedModel) -> str:
+    """The forward() argument that takes the KV cache (transformers 5 renamed past_key_values -> cache)."""
     kind = type(model)
-    if kind not in _CACHE_KWARG:  # transformers 5 renamed past_key_values -> cache
+    if kind not in _CACHE_KWARG:
         params = inspect.signature(model.forward).parameters
         _CACHE_KWARG[kind] = "cache" if "cache" in params else "past_key_values"
+    return _CACHE_KWARG[kind]
+
+
+def forward(model: PreTrainedModel, cache: DynamicCache, tokens: list[int], keep: int = 1) -> torch.Tensor:
+    """Feed the tokens the cache lacks; return the logits of the last `keep` positions, float32 [keep, V]."""
     start = cache.get_seq_length()
     ids = torch.tensor([tokens[start:]], device=model.device)
-    out = model(input_ids=ids, use_cache=True, logits_to_keep=keep, **{_CACHE_KWARG[kind]: cache})
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=keep, **{cache_kwarg(model): cache})
     return out.logits[0, -keep:].float()
 
 

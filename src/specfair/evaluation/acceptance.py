@@ -10,23 +10,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
-COUNTERS = (
-    "prompts",
-    "new_tokens",
-    "proposed",
-    "accepted",
-    "blocks",
-    "rejections",
-    "wall_s",
-    "draft_s",
-    "draft_steps",
-    "baseline_new_tokens",
-    "baseline_wall_s",
-)
-
-
-def ratio(num: float, den: float) -> float | None:
-    return num / den if den > 0 else None
+from specfair.records import COUNTERS, ratio
 
 
 def predicted_block_efficiency(alpha: float | None, gamma: int) -> float | None:
@@ -84,6 +68,7 @@ class CategoryAcceptance(Metric):
         target_step = ratio(s["baseline_wall_s"], s["baseline_new_tokens"])
         c = ratio(draft_step, target_step) if draft_step is not None and target_step else None
         tau = predicted_block_efficiency(alpha, self.gamma)
+        expected_alpha = ratio(s["expected_accept_sum"], s["expected_positions"])
         return {
             "prompts": int(s["prompts"]),
             "new_tokens": int(s["new_tokens"]),
@@ -104,6 +89,9 @@ class CategoryAcceptance(Metric):
             "draft_target_cost_ratio": c,
             "predicted_block_efficiency": tau,
             "predicted_speedup": tau / (self.gamma * c + 1) if tau is not None and c is not None else None,
+            # replay at temperature > 0: an expectation along target samples, not a sampled counter
+            "expected_alpha": expected_alpha,
+            "expected_block_efficiency": predicted_block_efficiency(expected_alpha, self.gamma),
         }
 
     def compute(self) -> dict:

@@ -1,0 +1,206 @@
+"""The evaluation loops as Lightning predict modules: `DecodeModule` (real decoding, timed) and `ReplayModule`
+(exact counters from cached target continuations, untimed).
+
+Prompts are sharded `rank::world_size` without padding, so with N processes every prompt is evaluated exactly
+once; the metric's summed states are reduced across ranks and rank 0 writes `samples.jsonl` and `summary.json`.
+Each rank also appends its records to a `.partial.jsonl` as it goes: a crash leaves them, never a summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from specfair.data.rows import Prompt
+from specfair.decoding.continuations import ContinuationCache, continuations, prompt_generator
+from specfair.decoding.engine import autoregressive_generate, eos_set, now, speculative_generate
+from specfair.decoding.replay import expected_acceptance, replay_greedy
+from specfair.evaluation.acceptance import CategoryAcceptance
+from specfair.models import Pair
+from specfair.records import RunSummary, SampleRecord, save_run
+
+warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
+
+
+def _as_list(batch):
+    return list(batch)
+
+
+class EvalModule(pl.LightningModule):
+    """Sharding, the metric, crash-safe partial records and the rank-0 write; subclasses evaluate a batch."""
+
+    batch_size = 1
+
+    def __init__(self, pair: Pair, prompts: list[Prompt], categories: list[str], spec: dict, seed: int,
+                 out_dir: str | Path, meta: dict):  # fmt: skip
+        super().__init__()
+        self.target, self.draft = pair.target, pair.draft
+        self.vocab = pair.vocab_size
+        self.eos = eos_set(pair.tokenizer.eos_token_id)
+        self.eos_token_id = pair.tokenizer.eos_token_id
+        self.prompts = prompts
+        self.spec = dict(spec)
+        self.seed = seed
+        self.out_dir = Path(out_dir)
+        self.meta = meta
+        self.metric = CategoryAcceptance(categories, self.spec["gamma"])
+        self.records: list[SampleRecord] = []
+
+    def predict_dataloader(self):
+        shard = list(range(len(self.prompts)))[self.global_rank :: self.trainer.world_size]
+        return DataLoader(shard, batch_size=self.batch_size, collate_fn=_as_list)
+
+    def on_predict_start(self):
+        if self.device.type == "cpu" and self.trainer.world_size > 1:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.trainer.num_devices))
+        self.partial = self.out_dir / f"samples.rank{self.global_rank}.partial.jsonl"
+        self.partial.unlink(missing_ok=True)
+
+    def keep(self, record: SampleRecord) -> None:
+        self.metric.update(record)
+        self.records.append(record)
+        with self.partial.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record.to_dict()) + "\n")
+
+    def base_record(self, index: int) -> dict:
+        prompt = self.prompts[index]
+        return {"index": index, "id": prompt.id, "category": prompt.category, "prompt_ids": prompt.input_ids}
+
+    def summary_fields(self, records: list[SampleRecord]) -> dict:
+        """Run-level fields beside the metric's result (called on every rank with every record)."""
+        return {}
+
+    def on_predict_epoch_end(self):
+        result = self.metric.compute()
+        records = self.records
+        if self.trainer.world_size > 1:
+            gathered = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, records)
+            records = [r for part in gathered for r in part]
+        records.sort(key=lambda r: r.index)
+        fields = self.summary_fields(records)  # on every rank: it may reduce across them
+        if self.trainer.is_global_zero:
+            if len(records) != len(self.prompts) or len({r.index for r in records}) != len(records):
+                raise RuntimeError(f"evaluated {len(records)} records for {len(self.prompts)} prompts")
+            summary = RunSummary.from_dict({**self.meta, **result, **fields})
+            save_run(self.out_dir, records, summary)
+        self.trainer.strategy.barrier()
+        self.partial.unlink(missing_ok=True)
+
+
+class DecodeModule(EvalModule):
+    """Each prompt decoded by the target alone and by the engine, in alternating order, on the same cache code:
+    paired wall times for `speedup`, and the lossless check at temperature 0."""
+
+    def __init__(self, *args, baseline: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.baseline = baseline
+
+    def _generate(self, ids: torch.Tensor, index: int, speculative: bool, max_new_tokens: int):
+        sampling = {k: self.spec.get(k) for k in ("temperature", "top_k", "top_p")}
+        kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=self.eos_token_id,
+                      generator=prompt_generator(self.seed, index, self.device), **sampling)  # fmt: skip
+        start = now(self.device)
+        if speculative:
+            out, stats = speculative_generate(
+                self.target, self.draft, ids, gamma=self.spec["gamma"], **kwargs
+            )
+        else:
+            out, stats = autoregressive_generate(self.target, ids, **kwargs), None
+        return out[0].tolist(), stats, now(self.device) - start
+
+    def on_predict_start(self):
+        super().on_predict_start()
+        warm = torch.tensor([self.prompts[0].input_ids], device=self.device)
+        for speculative in (False, True):  # one-time allocations are not billed to the first prompt
+            self._generate(warm, 0, speculative, min(4, self.spec["max_new_tokens"]))
+
+    def predict_step(self, batch: list[int], batch_idx: int):
+        (index,) = batch
+        ids = torch.tensor([self.prompts[index].input_ids], device=self.device)
+        order = (False, True) if index % 2 == 0 else (True, False)  # alternate to cancel drift
+        if not self.baseline:  # acceptance only: no target-alone run, so no speedup and no lossless check
+            order = (True,)
+        runs = {spec: self._generate(ids, index, spec, self.spec["max_new_tokens"]) for spec in order}
+        output, stats, wall_s = runs[True]
+        baseline, _, baseline_wall_s = runs.get(False, (None, None, None))
+        counters = {k: v for k, v in stats.as_dict().items() if k not in ("draft_steps", "wall_s")}
+        record = SampleRecord.from_dict({
+            **self.base_record(index), **counters, "output_ids": output, "baseline_output_ids": baseline,
+            "matches_baseline": output == baseline if baseline is not None else None,
+            "baseline_new_tokens": len(baseline) if baseline is not None else 0,
+            "wall_s": wall_s, "baseline_wall_s": baseline_wall_s,
+        })  # fmt: skip
+        self.keep(record)
+        return index
+
+    def summary_fields(self, records):
+        checked = self.spec["temperature"] == 0 and self.baseline
+        return {"lossless_mismatches": sum(not r.matches_baseline for r in records) if checked else None}
+
+
+class ReplayModule(EvalModule):
+    """Batches of prompts: the target's continuations (cache, else batched generation), then one teacher-forced
+    draft pass per batch. Greedy: the engine's exact counters. Sampling: the expected acceptance along target
+    samples (no sampled counters). No timing: wall times are None."""
+
+    def __init__(self, *args, cache: ContinuationCache | None, reference: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cache = cache
+        self.batch_size = int(self.spec["batch_size"])
+        self.reference = reference  # prompt id -> SampleRecord of a decode run, for replay_mismatches
+        self.generated = 0
+
+    def predict_step(self, batch: list[int], batch_idx: int):
+        prompts = [self.prompts[i].input_ids for i in batch]
+        t = self.spec["temperature"]
+        sampling = dict(temperature=t, top_k=self.spec.get("top_k"), top_p=self.spec.get("top_p"))
+        conts, made = continuations(
+            self.target, prompts, batch, self.cache, batch_size=self.batch_size, seed=self.seed,
+            max_new_tokens=self.spec["max_new_tokens"], vocab=self.vocab, eos=self.eos, **sampling,
+        )  # fmt: skip
+        self.generated += made
+        ys = [c.tokens for c in conts]
+        if t == 0:
+            results = replay_greedy(self.draft, prompts, ys, gamma=self.spec["gamma"], vocab=self.vocab,
+                                    max_new_tokens=self.spec["max_new_tokens"], eos=self.eos)  # fmt: skip
+        else:
+            expected = expected_acceptance(self.draft, prompts, conts, vocab=self.vocab, **sampling)
+            empty = dict(
+                proposed=0, accepted=0, blocks=0, rejections=0, accept_lengths=[], proposed_lengths=[]
+            )
+            results = [{**empty, "new_tokens": len(y), **e} for y, e in zip(ys, expected, strict=True)]
+        for index, y, counters in zip(batch, ys, results, strict=True):
+            self.keep(SampleRecord.from_dict({**self.base_record(index), **counters, "output_ids": y}))
+        return batch
+
+    def summary_fields(self, records):
+        fields = {"continuations_generated": self._total_generated()}
+        if self.reference is not None:
+            fields["replay_mismatches"] = replay_mismatches(records, self.reference)
+        return fields
+
+    def _total_generated(self) -> int:
+        total = torch.tensor(self.generated, device=self.device)
+        if self.trainer.world_size > 1:
+            torch.distributed.all_reduce(total)
+        return int(total)
+
+
+REPLAYED = ("output_ids", "new_tokens", "proposed", "accepted", "blocks", "rejections", "accept_lengths",
+            "proposed_lengths")  # fmt: skip
+
+
+def replay_mismatches(records: list[SampleRecord], reference: dict) -> int:
+    """Prompts whose replayed counters differ from a decode run's (a prompt missing there counts as one)."""
+    bad = 0
+    for r in records:
+        other = reference.get(r.id)
+        bad += other is None or any(r[k] != other[k] for k in REPLAYED)
+    return bad
