@@ -103,6 +103,32 @@ def test_two_processes_evaluate_every_prompt_once_and_agree(single_run, tmp_path
     assert ids_one == ids_two and len(set(ids_two)) == len(ids_two)
 
 
+def test_replay_on_two_processes_equals_decoding_counter_for_counter(single_run, tmp_path):
+    """mode=replay, sharded over 2 processes, against the decode run of the same prompts."""
+    out, _ = single_run
+    run = tmp_path / "replay"
+    result = run_evaluate(*SMALL, "logger=none", "mode=replay", "trainer=ddp_cpu", f"compare_to={out}",
+                          f"paths.cache_dir={tmp_path / 'cache'}", "spec.batch_size=3", f"hydra.run.dir={run}")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    decoded = json.loads((out / "summary.json").read_text())
+    replayed = json.loads((run / "summary.json").read_text())
+    assert replayed["mode"] == "replay" and replayed["world_size"] == 2
+    assert replayed["replay_mismatches"] == 0 and replayed["continuations_generated"] == 8
+    for scope in ["overall", *decoded["categories"]]:
+        a = decoded["overall"] if scope == "overall" else decoded["categories"][scope]
+        b = replayed["overall"] if scope == "overall" else replayed["categories"][scope]
+        assert {k: a[k] for k in COUNTS} == {k: b[k] for k in COUNTS}, scope
+        assert b["speedup"] is None and b["tokens_per_s"] is None  # not timed, never 0
+    samples = [json.loads(line) for line in (run / "samples.jsonl").open()]
+    assert all(s["wall_s"] is None and s["baseline_wall_s"] is None for s in samples)
+    # a second draft on the same prompts: no target generation at all
+    again = run_evaluate(*SMALL, "logger=none", "mode=replay", "draft.num_layers=2",
+                         f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'again'}")  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert second["continuations_generated"] == 0 and second["draft_layers"] == 2
+
+
 def test_every_bundled_dataset_runs_in_one_multirun(tmp_path):
     result = run_evaluate(
         "dataset=agnews,imdb,emotion,sst2,cnn_dm",
@@ -133,6 +159,10 @@ def test_every_bundled_dataset_runs_in_one_multirun(tmp_path):
         ),
         (["dataset.text_field=body"], "no field 'body'; rows have fields"),
         (["draft.num_layers=31"], "draft.num_layers=31 must be between 1"),
+        (["mode=fast"], "mode=fast: expected one of decode, replay"),
+        (["mode=replay", "spec.batch_size=0"], "spec.batch_size=0: must be >= 1"),
+        (["compare_to=/tmp"], "compare_to=/tmp: only a greedy replay"),
+        (["mode=replay", "paths.cache_dir=/proc/specfair"], "paths.cache_dir=/proc/specfair: cannot write"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_no_results(tmp_path, overrides, message):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from specfair.analysis import imbalance
+from specfair.analysis import imbalance, plots, tables
 from specfair.data.rows import imbalance_counts
 
 CATEGORIES = ["a", "b", "c", "d"]
@@ -59,9 +59,9 @@ def test_sentences_table_and_plot(result, tmp_path):
     assert (
         "+0.100 at rho=10" in text and "With balanced sampling at rho=10, head minus rest was -0.200" in text
     )
-    md = "\n".join(imbalance.markdown(result))
-    assert "| natural | 10 | 4 | 0.350 |" in md
-    png = imbalance.plot(result, tmp_path)
+    md = "\n".join(tables.imbalance_section(result))
+    assert "| natural | 10 | 4 | +0.350 |" in md  # gains are changes: signed, like head − rest
+    png = plots.imbalance_plot(result, tmp_path)
     data = png.read_bytes()
     assert png.name == "toy_gain_vs_ratio.png" and data[:4] == b"\x89PNG" and len(data) > 10000
 

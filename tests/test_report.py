@@ -1,5 +1,6 @@
 """The Q1/Q2 report from real run folders made here: a tiny fine-tuning run, then a base/fine-tuned sweep."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -93,14 +94,15 @@ def test_multirun_callback_writes_the_report(sweep):
 
 def test_runs_with_different_prompts_are_not_paired(sweep):
     sweep_dir, _ = sweep
-    base, tuned = sorted((load_run(d) for d in find_runs([sweep_dir])[0]), key=lambda r: r["label"] != "base")
-    tuned["summary"]["prompt_set"] = "something-else"
+    base, tuned = sorted((load_run(d) for d in find_runs([sweep_dir])[0]), key=lambda r: r.label != "base")
+
+    def with_summary(**changes):
+        return dataclasses.replace(tuned, summary=dataclasses.replace(tuned.summary, **changes))
+
     with pytest.raises(ValueError, match="differ in 'prompt_set'"):
-        compare(base, tuned)
-    tuned["summary"]["prompt_set"] = base["summary"]["prompt_set"]
-    tuned["summary"]["spec"] = {**base["summary"]["spec"], "gamma": 2}
+        compare(base, with_summary(prompt_set="something-else"))
     with pytest.raises(ValueError, match="differ in 'spec'"):
-        compare(base, tuned)
+        compare(base, with_summary(spec={**base.summary.spec, "gamma": 2}))
 
 
 def test_failed_runs_are_listed_and_thin_categories_have_no_ci(sweep, tmp_path):
@@ -112,10 +114,10 @@ def test_failed_runs_are_listed_and_thin_categories_have_no_ci(sweep, tmp_path):
     assert report["failed"] == [{"run": str(broken), "why": "spec.gamma=0: must be >= 1"}]
     assert "spec.gamma=0" in (tmp_path / "out" / "report.md").read_text()
 
-    base, tuned = sorted((load_run(d) for d in find_runs([sweep_dir])[0]), key=lambda r: r["label"] != "base")
+    base, tuned = sorted((load_run(d) for d in find_runs([sweep_dir])[0]), key=lambda r: r.label != "base")
     for r in (base, tuned):  # one prompt left in World
-        world = [x for x in r["records"] if x["category"] == "World"]
-        r["records"] = [x for x in r["records"] if x["category"] != "World"] + world[:1]
+        world = [x for x in r.records if x.category == "World"]
+        r.records = [x for x in r.records if x.category != "World"] + world[:1]
     result = compare(base, tuned)
     assert result["categories"]["World"]["base"]["alpha"]["low"] is None
     assert result["categories"]["Sports"]["base"]["alpha"]["low"] is not None

@@ -4,8 +4,10 @@ The unit of sampling is the prompt: tokens within a prompt are correlated (one e
 so every interval resamples whole records and recomputes the glossary ratio of sums, never a mean of
 per-prompt ratios. Rank tests (Wilcoxon, Kruskal-Wallis, Spearman) take per-prompt or per-category values.
 
-This module is pure numpy/scipy on purpose: `specfair.metrics` needs torch, and an analysis of finished runs
-should not. The glossary ratios are the ones `CategoryAcceptance` reports.
+This module is pure numpy/scipy on purpose: the evaluation metric needs torch, and an analysis of finished runs
+should not. The glossary ratios are the ones `CategoryAcceptance` reports (`records.METRICS`). A prompt without
+wall times (baseline=false, or a `mode=replay` run) has no speedup: it adds nothing to either sum, so a run with
+no timed prompt has speedup None, never 0.
 """
 
 from __future__ import annotations
@@ -16,18 +18,26 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats as sps
 
+from specfair.records import METRICS, ratio
+
+
+def _timed(r: Mapping) -> bool:
+    """Both wall times recorded: a decode run with the target-alone baseline (not baseline=false, not replay)."""
+    return r.get("wall_s") is not None and r.get("baseline_wall_s") is not None
+
+
 # metric -> (per-prompt numerator, per-prompt denominator); the metric is Σnumerator / Σdenominator.
 _PARTS: dict[str, tuple[Callable[[Mapping], float], Callable[[Mapping], float]]] = {
-    "acceptance_rate": (lambda r: r["accepted"], lambda r: r["proposed"]),
     "alpha": (lambda r: r["accepted"], lambda r: r["accepted"] + r["rejections"]),
+    "acceptance_rate": (lambda r: r["accepted"], lambda r: r["proposed"]),
     "block_efficiency": (lambda r: r["new_tokens"], lambda r: 1 + r["blocks"]),  # target calls
-    # a run without the target-alone baseline has no speedup: a zero denominator makes it undefined
+    # an untimed prompt is left out of both sums (0 / 0), never counted as a zero time
     "speedup": (
-        lambda r: r["baseline_wall_s"] or 0.0,
-        lambda r: r["wall_s"] if r["baseline_wall_s"] else 0.0,
+        lambda r: r["baseline_wall_s"] if _timed(r) else 0.0,
+        lambda r: r["wall_s"] if _timed(r) else 0.0,
     ),
 }
-METRICS = tuple(_PARTS)
+assert tuple(_PARTS) == METRICS, "stats._PARTS must define exactly records.METRICS, in its order"
 
 
 def _parts(records: Iterable[Mapping], metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -42,8 +52,7 @@ def _parts(records: Iterable[Mapping], metric: str) -> tuple[np.ndarray, np.ndar
 
 
 def _ratio_of_sums(num: np.ndarray, den: np.ndarray) -> float | None:
-    total = float(den.sum())
-    return float(num.sum()) / total if total > 0 else None
+    return ratio(float(num.sum()), float(den.sum()))
 
 
 def _resampled_ratios(num: np.ndarray, den: np.ndarray, index: np.ndarray) -> np.ndarray:

@@ -182,6 +182,10 @@ class ReplayModule(EvalModule):
 
     def summary_fields(self, records):
         fields = {"continuations_generated": self._total_generated()}
+        tails = [r.get("expected_tail_mass") for r in records if r.get("expected_tail_mass") is not None]
+        if tails:  # slack of E[alpha] when the warped target distribution had more than TOP_PROBS entries
+            positions = sum(r.expected_positions or 0 for r in records)
+            fields["expected_tail_mass"] = sum(tails) / positions if positions else None
         if self.reference is not None:
             fields["replay_mismatches"] = replay_mismatches(records, self.reference)
         return fields

@@ -189,26 +189,34 @@ TABLE_COLUMNS = [
     ("tokens_per_s", "tok/s", "{:.1f}"),
     ("baseline_tokens_per_s", "target tok/s", "{:.1f}"),
 ]
+# replay at temperature > 0 has expectations instead of counters, and no timing
+EXPECTED_COLUMNS = [
+    ("prompts", "prompts", "{:d}"),
+    ("new_tokens", "tokens", "{:d}"),
+    ("expected_alpha", "E[alpha]", "{:.3f}"),
+    ("expected_block_efficiency", "E[tokens/call]", "{:.2f}"),
+]
 
 
 def summary_table(summary: dict):
-    """A rich table: one row per category, then the overall row."""
+    """A rich table: one row per category, then the overall row (untimed columns dropped in replay)."""
     from rich.table import Table
 
-    spec = summary["spec"]
+    spec, mode = summary["spec"], summary.get("mode", "decode")
     title = (
         f"{summary['dataset']['name']} · {summary['pair']['name']} · draft={summary['draft']['name']} · "
-        f"gamma={spec['gamma']} · T={spec['temperature']}"
+        f"gamma={spec['gamma']} · T={spec['temperature']} · {mode}"
     )
+    columns = TABLE_COLUMNS
+    if mode == "replay":
+        columns = EXPECTED_COLUMNS if spec["temperature"] > 0 else TABLE_COLUMNS[:5]
     table = Table(title=title)
     table.add_column("category")
-    for _, header, _ in TABLE_COLUMNS:
+    for _, header, _ in columns:
         table.add_column(header, justify="right")
 
     def cells(group):
-        return [
-            fmt.format(group[key]) if group.get(key) is not None else "n/a" for key, _, fmt in TABLE_COLUMNS
-        ]
+        return [fmt.format(group[key]) if group.get(key) is not None else "n/a" for key, _, fmt in columns]
 
     for name, group in summary["categories"].items():
         table.add_row(name, *cells(group))

@@ -1,0 +1,195 @@
+"""Every PNG of the report (matplotlib, Agg backend: no display needed), drawn from the computed results.
+
+Per comparison: alpha and speedup bars per category with 95% CIs, acceptance by draft position, and gain
+against training share (Q2). Across imbalance ratios: gain by data rank against rho. Transfer: a heatmap of
+alpha and its change per draft × dataset. matplotlib is imported on first use, not with the module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from specfair.analysis.format import num
+
+DPI = 110
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    _pyplot().close(fig)
+    return path
+
+
+def _nan(x: float | None) -> float:
+    return np.nan if x is None else x
+
+
+# --- one comparison ---------------------------------------------------------------------------------------
+
+
+def _bars(result: Mapping, metric: str, path: Path) -> Path:
+    """Base and fine-tuned side by side per category; error bars are the 95% bootstrap CI."""
+    plt = _pyplot()
+    cats = list(result["categories"])
+    x = np.arange(len(cats))
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(cats) + 2), 3.8))
+    for offset, side in ((-0.2, "base"), (0.2, "finetuned")):
+        vals = [result["categories"][c][side][metric] for c in cats]
+        v = np.array([_nan(d["value"]) for d in vals])
+        lo = np.array([d["value"] - d["low"] if d["low"] is not None else 0 for d in vals])
+        hi = np.array([d["high"] - d["value"] if d["high"] is not None else 0 for d in vals])
+        ax.bar(x + offset, v, 0.4, yerr=[lo, hi], capsize=3, label=result[side])
+    ax.set_xticks(x, cats, rotation=20, ha="right")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{result['dataset']}: {metric} per category (95% bootstrap CI)", fontsize=10)
+    ax.legend()
+    return _save(fig, path)
+
+
+def _position_curves(result: Mapping, path: Path) -> Path:
+    """P(first i drafts accepted) against i, per category; dashed base, solid fine-tuned."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    length = 0
+    for c, entry in result["categories"].items():
+        for side, style in (("base", "--"), ("finetuned", "-")):
+            curve = entry["position_acceptance"][side]
+            length = len(curve)
+            ax.plot(range(1, length + 1), [_nan(v) for v in curve], style, marker="o", label=f"{c} ({side})")
+    ax.set_xticks(range(1, length + 1))
+    ax.set_xlabel("draft position i")
+    ax.set_ylabel("P(first i drafts accepted)")
+    ax.set_title(f"{result['dataset']}: acceptance by draft position")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def _gain_vs_share(result: Mapping, path: Path) -> Path:
+    """Q2 at a glance: each category's alpha gain against its share of training tokens, with a linear fit."""
+    plt = _pyplot()
+    cats = list(result["categories"])
+    shares = [result["q2"]["shares"][c]["tokens"] for c in cats]
+    gains = [result["categories"][c]["gain"]["alpha"]["value"] for c in cats]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.scatter(shares, gains)
+    for s, g, c in zip(shares, gains, cats, strict=True):
+        ax.annotate(c, (s, g), fontsize=8)
+    if len(set(shares)) > 1:
+        slope, intercept = np.polyfit(shares, gains, 1)
+        xs = np.linspace(min(shares), max(shares), 10)
+        ax.plot(xs, slope * xs + intercept, "--", label=f"fit: slope {slope:.2f}")
+        ax.legend()
+    ax.set_xlabel("share of training tokens")
+    ax.set_ylabel("alpha gain (fine-tuned − base)")
+    ax.set_title(f"{result['dataset']}: gain vs training share")
+    return _save(fig, path)
+
+
+def comparison_plots(result: Mapping, out_dir: Path, prefix: str | None = None) -> list[Path]:
+    """`<prefix>_{alpha,speedup}_bars.png`, `_position_acceptance.png` and (with Q2 data) `_gain_vs_share.png`.
+
+    Speedup bars only where both runs were timed (not baseline=false, not mode=replay).
+    """
+    prefix = prefix or result["dataset"]
+    files = []
+    for metric in ("alpha", "speedup"):
+        overall = result["overall"]
+        if overall["base"][metric]["value"] is None or overall["finetuned"][metric]["value"] is None:
+            continue
+        files.append(_bars(result, metric, out_dir / f"{prefix}_{metric}_bars.png"))
+    files.append(_position_curves(result, out_dir / f"{prefix}_position_acceptance.png"))
+    if result.get("q2"):
+        files.append(_gain_vs_share(result, out_dir / f"{prefix}_gain_vs_share.png"))
+    return files
+
+
+# --- Q2 across imbalance ratios ------------------------------------------------------------------------------
+
+
+def imbalance_plot(result: Mapping, out_dir: Path) -> Path:
+    """Mean alpha gain per data rank (head → tail) against rho; bars span the runs; hollow: other samplers."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    natural = [c for c in result["conditions"] if c["sampling"] == "natural"]
+    others = [c for c in result["conditions"] if c["sampling"] != "natural"]
+    k = len(natural[0]["gain_by_rank"]) if natural else 0
+    names = {0: "head (most data)", k - 1: "tail (least data)"}
+    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(k, 1)))
+    for rank in range(k):
+        xs = np.array([c["ratio"] for c in natural]) * (1 + 0.04 * (rank - (k - 1) / 2))
+        points = [c["gain_by_rank"][rank] for c in natural]
+        mean = np.array([p["mean"] for p in points])
+        err = [mean - [p["min"] for p in points], np.array([p["max"] for p in points]) - mean]
+        label = names.get(rank, f"rank {rank + 1}")
+        ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, color=colors[rank], label=label)
+        for c in others:
+            p = c["gain_by_rank"][rank]
+            ax.plot(c["ratio"] * 1.25, p["mean"], marker="s", mfc="none", color=colors[rank], ls="none")
+    if others:
+        label = f"{others[0]['sampling']} sampler"
+        ax.plot([], [], marker="s", mfc="none", color="grey", ls="none", label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("imbalance ratio rho = n_head / n_tail (training data)")
+    ax.set_ylabel("alpha gain over the base draft")
+    ax.set_title(
+        f"{result['dataset']}: alpha gain by data rank (mean over head rotations, bars: range)", fontsize=10
+    )
+    ax.legend(fontsize=8)
+    return _save(fig, out_dir / f"{result['dataset']}_gain_vs_ratio.png")
+
+
+# --- transfer matrix ---------------------------------------------------------------------------------------
+
+
+def _heatmap_panel(fig, ax, m: Mapping, table: Mapping, labels: list[str], title: str, signed: bool) -> None:
+    """One panel: colour by value (diverging around 0 when `signed`), each cell labelled value [CI]."""
+    plt = _pyplot()
+    data = np.array(
+        [[_nan((table[r][d] or {}).get("value")) for d in m["columns"]] for r in labels], dtype=float
+    )
+    finite = data[np.isfinite(data)]
+    limit = float(np.abs(finite).max()) if finite.size else 1.0
+    vmin, vmax = (-limit, limit) if signed else (0.0, max(limit, 1e-6))
+    colormap = plt.get_cmap("RdBu" if signed else "viridis").with_extremes(bad="lightgrey")
+    image = ax.imshow(np.ma.masked_invalid(data), cmap=colormap, vmin=vmin, vmax=vmax, aspect="auto")
+    for i, r in enumerate(labels):
+        for j, d in enumerate(m["columns"]):
+            cell = table[r][d]
+            text = "missing" if cell is None or cell["value"] is None else num(cell["value"], 2, signed)
+            if cell is not None and cell["low"] is not None:
+                text += f"\n[{num(cell['low'], 2, signed)}, {num(cell['high'], 2, signed)}]"
+            shade = image.cmap(image.norm(data[i, j])) if np.isfinite(data[i, j]) else (1, 1, 1, 1)
+            dark = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] < 0.5
+            ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    ax.set_xticks(range(len(m["columns"])), m["columns"], rotation=20, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("evaluated on")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+
+
+def transfer_heatmap(m: Mapping, out_dir: Path) -> Path:
+    """`transfer_heatmap.png`: alpha per draft × dataset, and its change against base; missing cells grey."""
+    plt = _pyplot()
+    rows = m["rows"]
+    fig, axes = plt.subplots(
+        1, 2, figsize=(2.2 + 1.5 * len(m["columns"]) * 2, 1.5 + 0.6 * len(rows)), squeeze=False
+    )
+    _heatmap_panel(fig, axes[0, 0], m, m["alpha"], rows, "alpha", signed=False)
+    _heatmap_panel(fig, axes[0, 1], m, m["delta"], rows[1:], "change vs base", signed=True)
+    axes[0, 0].set_ylabel("draft (fine-tuned on)")
+    fig.suptitle("Transfer: overall alpha by draft and evaluation dataset (95% bootstrap CI)")
+    return _save(fig, out_dir / "transfer_heatmap.png")

@@ -1,0 +1,111 @@
+"""Markdown sections of `report.md`: one per comparison (Q1/Q2 table), per imbalance experiment, and the
+transfer matrix. Each returns a list of lines; `report.markdown` puts them in order. Numbers go through
+`format`, so a gain reads the same here as in the sentences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from specfair.analysis.format import interval, num, rho_p, speedups
+
+
+def _image(path: str | Path) -> str:
+    """A Markdown image linking a plot written beside report.md."""
+    return f"![{Path(path).name}]({Path(path).name})"
+
+
+def _q1_row(category: str, e: Mapping) -> str:
+    g = e["gain"]["alpha"]
+    p = e.get("wilcoxon_alpha", {}).get("p_holm")
+    return (
+        f"| {category} | {num(e['base']['alpha']['value'])} | {num(e['finetuned']['alpha']['value'])} | "
+        f"{interval(g, sign=True, missing='n/a')} | {num(p)} | "
+        f"{speedups(e['base']['speedup']['value'], e['finetuned']['speedup']['value'])} |"
+    )
+
+
+def comparison_section(r: Mapping) -> list[str]:
+    """Q1/Q2 answers, the per-category table, the Kruskal-Wallis test, fairness lines and the plots."""
+    lines = [
+        f"## {r['dataset']}: {r['base']} → {r['finetuned']}",
+        "",
+        f"**Q1.** {r['q1_sentence']}",
+        "",
+        f"**Q2.** {r['q2_sentence']}",
+        "",
+        "| category | alpha base | alpha fine-tuned | gain [95% CI] | Wilcoxon p (Holm) | speedup base → fine-tuned |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [_q1_row(c, e) for c, e in [*r["categories"].items(), ("overall", r["overall"])]]
+    kw = r["kruskal_wallis_alpha_gain"]
+    lines += [
+        "",
+        f"Kruskal–Wallis on per-prompt alpha gains across categories: p = {num(kw['p_value'])}.",
+        "",
+    ]
+    for side in ("base", "finetuned", "gain"):
+        f = r["fairness"][side]
+        lines.append(
+            f"- fairness of {side} alpha: worst {f['worst_category']} {num(f['worst'], sign=side == 'gain')}, "
+            f"gap {num(f['gap'])}, min/max {num(f['min_max_ratio'])}, CV {num(f['cv'])}"
+        )
+    return lines + [""] + [_image(p) for p in r.get("plots", [])] + [""]
+
+
+def imbalance_section(result: Mapping) -> list[str]:
+    """Sentences and the table of gain by data rank per (sampler, ratio), then the plot."""
+    k = len(result["conditions"][0]["gain_by_rank"])
+    ranks = ("head" if i == 0 else ("tail" if i == k - 1 else f"rank {i + 1}") for i in range(k))
+    lines = [f"## {result['dataset']}: gain by training-data rank across imbalance ratios (Q2)", ""]
+    lines += [f"- {s}" for s in result["sentences"]] + [""]
+    lines += [
+        "| sampling | rho | runs | "
+        + " | ".join(ranks)
+        + " | head − rest [range] | Spearman share vs gain (p) | head − rest, training validation |",
+        "|---" * (k + 6) + "|",
+    ]
+    for c in result["conditions"]:
+        hmr = c["head_minus_rest"]
+        lines.append(
+            f"| {c['sampling']} | {c['ratio']:g} | {c['runs']} | "
+            + " | ".join(num(g["mean"], sign=True) for g in c["gain_by_rank"])
+            + f" | {num(hmr['mean'], sign=True)} [{num(hmr['min'], sign=True)}, {num(hmr['max'], sign=True)}] | "
+            + f"{rho_p(c['spearman_share_vs_gain'])} | {num(c['head_minus_rest_validation'], sign=True)} |"
+        )
+    lines += [""]
+    if result.get("plot"):
+        lines += [_image(result["plot"]), ""]
+    return lines
+
+
+def transfer_section(m: Mapping) -> list[str]:
+    """Sentences, overall alpha and its change per draft × dataset, per-category changes, then the heatmap."""
+    head = "| draft \\ evaluated on | " + " | ".join(m["columns"]) + " |"
+    rule = "|---" * (len(m["columns"]) + 1) + "|"
+    lines = (
+        ["## Transfer matrix", ""] + [f"- {s}" for s in m["sentences"]] + ["", "Overall alpha [95% CI]:", ""]
+    )
+    lines += [head, rule] + [
+        f"| {r} | " + " | ".join(interval(m["alpha"][r][d]) for d in m["columns"]) + " |" for r in m["rows"]
+    ]
+    lines += ["", "Change in alpha against the base draft [95% CI]:", "", head, rule]
+    lines += [
+        f"| {r} | " + " | ".join(interval(m["delta"][r][d], sign=True) for d in m["columns"]) + " |"
+        for r in m["rows"][1:]
+    ]
+    drafts = m["rows"][1:]
+    for d in m["columns"]:
+        if not m["categories"][d]:
+            continue
+        lines += ["", f"Per-category change on {d}:", "", "| category | " + " | ".join(drafts) + " |"]
+        lines += ["|---" * (len(drafts) + 1) + "|"]
+        lines += [
+            f"| {cat} | " + " | ".join(interval(per_row.get(r), sign=True) for r in drafts) + " |"
+            for cat, per_row in m["categories"][d].items()
+        ]
+    lines += [""]
+    if m.get("plot"):
+        lines += [_image(m["plot"]), ""]
+    return lines
