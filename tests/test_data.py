@@ -9,18 +9,9 @@ from omegaconf import OmegaConf
 
 from specfair import ROOT
 from specfair.data import cnndm
-from specfair.data.rows import (
-    build_splits,
-    categories_of,
-    check_disjoint,
-    imbalance_counts,
-    load_rows,
-    read_jsonl,
-    select_prompts,
-    to_rows,
-    tokenize_prompts,
-    train_text,
-)
+from specfair.data.prompts import tokenize_prompts, train_text
+from specfair.data.rows import categories_of, load_rows, read_jsonl, to_rows
+from specfair.data.splits import build_splits, check_disjoint, imbalance_counts, select_prompts
 from specfair.errors import SpecfairError
 
 BUNDLED = {

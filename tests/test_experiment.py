@@ -43,7 +43,7 @@ def test_transfer_evaluates_every_draft_on_every_dataset():
     assert len(evaluations) == 5 * (1 + 3)
     cells = {(s.needs, s.info["dataset"]) for s in evaluations if s.needs}
     assert ("agnews/kd_short", "emotion") in cells and ("cnn_dm/kd_short", "sst2") in cells
-    assert all("baseline=false" in s.overrides for s in evaluations)
+    assert all("mode=replay" in s.overrides for s in evaluations)
 
 
 def test_q2_gives_each_mix_its_own_checkpoint_and_keeps_evaluation_balanced():
@@ -94,7 +94,7 @@ experiment:
   evaluate:
     datasets: [agnews, imdb]
     base: true
-    overrides: {dataset.per_category: 3, spec.max_new_tokens: 6, baseline: false}
+    overrides: {dataset.per_category: 3, spec.max_new_tokens: 6, mode: replay}
 """
 
 
@@ -108,7 +108,7 @@ def run_tiny(tmp):
             f"hydra.run.dir={tmp / 'exp'}",
             f"paths.ckpt_dir={tmp / 'ckpts'}",
             "logger=none",
-            'overrides=["logger=none","seed=2"]',
+            f'overrides=["logger=none","seed=2","paths.cache_dir={tmp / "cache"}"]',
         ],
         capture_output=True,
         text=True,
@@ -152,7 +152,8 @@ def test_tiny_transfer_experiment_reports_the_runs_numbers_and_missing_cells(tin
                 assert m["delta"][row][dataset]["low"] <= m["delta"][row][dataset]["high"]
     # the drafts differ, so the checks above mean something
     assert m["alpha"]["agnews/kd"] != m["alpha"]["base"]
-    # baseline=false: no target-alone run, so no speedup and no lossless check rather than made-up ones
+    # mode=replay: exact counters, no timing, so no speedup and no lossless check rather than made-up ones
+    assert summaries["imdb__base"]["mode"] == "replay"
     assert summaries["imdb__base"]["overall"]["speedup"] is None
     assert summaries["imdb__base"]["lossless_mismatches"] is None
     assert report["comparisons"][0]["overall"]["gain"]["speedup"]["value"] is None

@@ -3,7 +3,7 @@
 import pytest
 
 from specfair.analysis import imbalance, plots, tables
-from specfair.data.rows import imbalance_counts
+from specfair.data.splits import imbalance_counts
 
 CATEGORIES = ["a", "b", "c", "d"]
 EASE = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}  # what each category gains anyway

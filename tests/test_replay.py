@@ -10,7 +10,15 @@ from specfair.decoding.engine import autoregressive_generate, speculative_genera
 from specfair.decoding.replay import Block, proposed_length, replay_greedy, teacher_forced, walk_blocks
 from specfair.errors import SpecfairError
 
-COUNTERS = ("new_tokens", "proposed", "accepted", "blocks", "rejections", "accept_lengths", "proposed_lengths")
+COUNTERS = (
+    "new_tokens",
+    "proposed",
+    "accepted",
+    "blocks",
+    "rejections",
+    "accept_lengths",
+    "proposed_lengths",
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +37,9 @@ def tiny_pair():
 
 def random_prompts(n: int, vocab: int, seed: int) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, 24, (n,), generator=g).tolist()  # very different lengths: left padding is tested
+    lengths = torch.randint(
+        1, 24, (n,), generator=g
+    ).tolist()  # very different lengths: left padding is tested
     return [torch.randint(0, vocab, (k,), generator=g).tolist() for k in lengths]
 
 
@@ -144,3 +154,32 @@ def test_sampled_continuations_carry_the_target_distribution(tiny_pair):
     for s, o in zip(same, other, strict=True):
         assert s["expected_accept_sum"] == pytest.approx(s["expected_positions"], abs=1e-4)  # q = p: β = 1
         assert o["expected_accept_sum"] < s["expected_accept_sum"]
+
+
+@pytest.mark.slow
+def test_real_pair_replay_equals_decoding_on_64_bundled_prompts(real_pair, tmp_path):
+    """The embedded SmolLM2 pair on 64 AG News prompts x 32 tokens: counters and outputs equal decoding's."""
+    import json
+
+    from specfair import ROOT
+    from specfair.decoding.engine import eos_set
+
+    rows = [json.loads(line) for line in (ROOT / "data/samples/agnews.jsonl").open()]
+    texts = [r["text"] for r in rows if r["split"] == "eval"][:64]
+    tok = real_pair.tokenizer
+    prompts = [tok(t, add_special_tokens=False)["input_ids"][:32] for t in texts]
+    eos, vocab = eos_set(tok.eos_token_id), real_pair.vocab_size
+    cache = ContinuationCache(tmp_path, {"target": "smollm2"})
+    conts, _ = continuations(real_pair.target, prompts, range(64), cache, batch_size=16, seed=0,
+                             max_new_tokens=32, vocab=vocab, eos=eos)  # fmt: skip
+    ys = [c.tokens for c in conts]
+    replayed = []
+    for i in range(0, 64, 16):
+        replayed += replay_greedy(real_pair.draft, prompts[i : i + 16], ys[i : i + 16], gamma=4,
+                                  max_new_tokens=32, vocab=vocab, eos=eos)  # fmt: skip
+    for prompt, y, counters in zip(prompts, ys, replayed, strict=True):
+        out, stats = speculative_generate(real_pair.target, real_pair.draft, torch.tensor([prompt]), gamma=4,
+                                          max_new_tokens=32, eos_token_id=tok.eos_token_id)  # fmt: skip
+        assert out[0].tolist() == y
+        decoded = stats.as_dict()
+        assert {k: counters[k] for k in COUNTERS} == {k: decoded[k] for k in COUNTERS}

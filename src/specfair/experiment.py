@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from specfair import ROOT
 from specfair.errors import SpecfairError
+from specfair.records import load_train_summary
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +169,9 @@ def trained_already(step: Step) -> bool:
     summary_file = export / "train_summary.json"
     if not summary_file.is_file() or not (export / "draft" / "config.json").is_file():
         return False
-    summary = json.loads(summary_file.read_text())
+    summary = load_train_summary(summary_file)
     wanted = {"train": step.info["train"], "imbalance": step.info["imbalance"]}
-    found = {"train": summary.get("train"), "imbalance": summary.get("data", {}).get("imbalance")}
+    found = {"train": summary.train, "imbalance": summary.data.get("imbalance")}
     for key in ("train", "imbalance"):
         if found[key] is None and key == "imbalance":
             continue  # made before train_summary recorded the imbalance settings

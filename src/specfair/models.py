@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -20,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from specfair.errors import SpecfairError
+from specfair.records import find_train_summary
 
 log = logging.getLogger(__name__)
 
@@ -180,9 +180,9 @@ def check_finetuned(path: Path, pair_cfg, draft_cfg) -> None:
             hint = f": make it with `python train.py dataset={draft_cfg.trained_on} pair={pair_cfg.name}"
             hint += f" train={draft_cfg.get('train_name', 'kd')}`"
         raise SpecfairError(f"draft.path={path} holds no model{hint}")
-    summary = path.parent / "train_summary.json"
-    if summary.is_file():
-        trained_for = json.loads(summary.read_text()).get("pair")
+    summary = find_train_summary(path)
+    if summary is not None:
+        trained_for = summary.pair
         if trained_for and trained_for != pair_cfg.name:
             raise SpecfairError(
                 f"draft.path={path} was fine-tuned for pair {trained_for!r}, not {pair_cfg.name!r}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from specfair.analysis import sentences, stats
-from specfair.data.rows import imbalance_counts
+from specfair.data.splits import imbalance_counts
 
 
 def run_entry(comparison: dict) -> dict | None:

@@ -11,7 +11,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from specfair.data.rows import Prompt, build_splits, tokenize_prompts, train_text
+from specfair.data.prompts import tokenize_prompts, train_text
+from specfair.data.rows import Prompt
+from specfair.data.splits import build_splits
 from specfair.decoding.continuations import ContinuationCache, weights_fingerprint
 from specfair.decoding.engine import check_generation_args
 from specfair.errors import SpecfairError

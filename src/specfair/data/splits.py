@@ -1,0 +1,167 @@
+"""Balanced evaluation prompts and disjoint training texts, imbalanced on request (the Q2 lever).
+
+Selections are seeded shuffles per category, so the same seed gives the same prompt ids on any machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from omegaconf import DictConfig
+
+from specfair.data.rows import Row, Splits, categories_of, load_pools, origin_of, to_rows
+from specfair.errors import SpecfairError
+
+log = logging.getLogger(__name__)
+
+
+def _shuffled(rows: list[Row], category: str, seed: int, salt: str) -> list[Row]:
+    unique = list({r.id: r for r in rows if r.category == category}.values())
+    random.Random(f"{seed}:{salt}:{category}").shuffle(unique)
+    return unique
+
+
+def select_prompts(rows: list[Row], categories: list[str], per_category: int, seed: int) -> list[Row]:
+    """`per_category` distinct texts per category by a seeded shuffle; fewer (with a warning) if short."""
+    if per_category < 1:
+        raise SpecfairError(f"dataset.per_category={per_category}: must be >= 1")
+    chosen = []
+    for category in categories:
+        unique = _shuffled(rows, category, seed, "eval")
+        if len(unique) < per_category:
+            log.warning(
+                "category %r has %d rows, fewer than dataset.per_category=%d: using all of them",
+                category,
+                len(unique),
+                per_category,
+            )
+        chosen.extend(unique[:per_category])
+    return chosen
+
+
+def imbalance_counts(categories: list[str], n_max: int, imbalance: DictConfig | dict) -> dict[str, int]:
+    """Rows per category: the head gets n_max, the others fall to n_max/ratio (exponentially or in one step).
+
+    exponential: n_k = n_max * ratio^(-k/(K-1)); step: the first ceil(K/2) get n_max, the rest n_max/ratio.
+    `head` names the category (or index) ranked first; `head=rotate` ranks from categories[rotation].
+    """
+    ratio = float(imbalance.get("ratio", 1))
+    profile = imbalance.get("profile", "exponential")
+    head = imbalance.get("head", 0)
+    if ratio < 1:
+        raise SpecfairError(f"dataset.imbalance.ratio={ratio}: must be >= 1 (n_max / n_min)")
+    if profile not in ("exponential", "step"):
+        raise SpecfairError(f"dataset.imbalance.profile={profile!r}: expected exponential or step")
+    k = len(categories)
+    if head == "rotate":
+        start = int(imbalance.get("rotation", 0)) % k
+    elif isinstance(head, int) or str(head).isdigit():
+        start = int(head) % k
+    elif head in categories:
+        start = categories.index(head)
+    else:
+        raise SpecfairError(
+            f"dataset.imbalance.head={head!r}: expected rotate, an index or one of {categories}"
+        )
+    order = categories[start:] + categories[:start]
+    counts = {}
+    for rank, category in enumerate(order):
+        if profile == "step":
+            share = 1.0 if rank < (k + 1) // 2 else 1.0 / ratio
+        else:
+            share = ratio ** (-rank / (k - 1)) if k > 1 else 1.0
+        counts[category] = int(round(n_max * share))
+    if min(counts.values()) < 1:
+        smallest = min(counts, key=counts.get)
+        raise SpecfairError(
+            f"dataset.imbalance: ratio {ratio:g} with {n_max} rows for the head leaves {smallest!r} with 0 rows; "
+            "raise dataset.train_per_category or lower the ratio"
+        )
+    return {c: counts[c] for c in categories}
+
+
+def select_training(
+    rows, categories, cfg: DictConfig, seed: int, count_tokens=None
+) -> tuple[list[Row], dict]:
+    """Training rows per the imbalance config; with a token `budget` the mix changes, not the total."""
+    imbalance = cfg.get("imbalance") or {}
+    available = {c: _shuffled(rows, c, seed, "train") for c in categories}
+    n_max = cfg.get("train_per_category")
+    if n_max is None and float(imbalance.get("ratio", 1)) == 1 and not imbalance.get("budget"):
+        wanted = {c: len(available[c]) for c in categories}  # natural: every training row
+    else:
+        wanted = imbalance_counts(
+            categories, int(n_max or min(len(v) for v in available.values())), imbalance
+        )
+    budget = imbalance.get("budget")
+    chosen, counts = [], {}
+    total_wanted = sum(wanted.values())
+    for c in categories:
+        if budget:
+            allot = float(budget) * wanted[c] / total_wanted
+            picked, tokens = [], 0
+            for row in available[c]:
+                if tokens >= allot:
+                    break
+                picked.append(row)
+                tokens += count_tokens(row) if count_tokens else len(row.text.split())
+            if tokens < allot:
+                raise SpecfairError(
+                    f"dataset.imbalance.budget={budget}: category {c!r} has {tokens} training tokens, needs {allot:.0f}"
+                )
+        else:
+            if wanted[c] > len(available[c]):
+                raise SpecfairError(
+                    f"category {c!r} has {len(available[c])} training rows, fewer than the {wanted[c]} asked "
+                    "(lower dataset.train_per_category or the imbalance ratio)"
+                )
+            picked = available[c][: wanted[c]]
+            tokens = sum(count_tokens(r) if count_tokens else len(r.text.split()) for r in picked)
+        chosen += picked
+        counts[c] = {"rows": len(picked), "tokens": tokens}
+    return chosen, counts
+
+
+def check_disjoint(eval_rows: list[Row], train_rows: list[Row]) -> None:
+    overlap = {r.id for r in eval_rows} & {r.id for r in train_rows}
+    if overlap:
+        raise SpecfairError(
+            f"{len(overlap)} evaluation texts also appear in the training texts (e.g. {min(overlap)})"
+        )
+
+
+def build_splits(cfg: DictConfig, seed: int, count_tokens=None) -> Splits:
+    """Balanced evaluation rows and disjoint training rows (imbalanced on request) from one dataset config."""
+    eval_records, train_records, source = load_pools(cfg)
+    origin = origin_of(cfg, source)
+    eval_pool = to_rows(eval_records, cfg, origin, source)
+    train_pool = to_rows(train_records, cfg, origin, source) if train_records else None
+    if cfg.get("category_from") == "url" and cfg.get("group_by", "section") != "source":
+        eval_pool, train_pool = _fold_small_groups(
+            eval_pool, train_pool, int(cfg.get("min_category_rows", 0))
+        )
+    categories = categories_of(eval_pool, cfg)
+    eval_rows = select_prompts(eval_pool, categories, int(cfg.per_category), seed)
+    held_out = {r.id for r in eval_rows} if train_pool is None else {r.id for r in eval_pool}
+    candidates = [r for r in (train_pool if train_pool is not None else eval_pool) if r.id not in held_out]
+    dropped = len(train_pool or []) - len(candidates) if train_pool is not None else 0
+    if dropped:
+        log.info("dropped %d training texts that also occur among the evaluation texts", dropped)
+    train_rows, counts = [], {}
+    if candidates:
+        train_rows, counts = select_training(candidates, categories, cfg, seed, count_tokens)
+    check_disjoint(eval_rows, train_rows)
+    return Splits(source, categories, eval_rows, train_rows, counts)
+
+
+def _fold_small_groups(eval_pool, train_pool, min_rows):
+    from specfair.data.cnndm import fold_small
+
+    every = eval_pool + (train_pool or [])
+    folded = dict(zip([r.id for r in every], fold_small([r.category for r in every], min_rows), strict=True))
+
+    def refold(rows):
+        return None if rows is None else [Row(r.text, folded[r.id], r.target) for r in rows]
+
+    return refold(eval_pool), refold(train_pool)
