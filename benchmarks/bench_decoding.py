@@ -40,7 +40,7 @@ from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, PreTrainedMo
 from specfair import ROOT
 from specfair.decoding.engine import DecodeStats, autoregressive_generate, now, speculative_generate
 from specfair.errors import SpecfairError
-from specfair.evaluation.acceptance import predicted_block_efficiency
+from specfair.evaluation.acceptance import predicted_block_efficiency, predicted_speedup
 from specfair.models import (
     EMBEDDED,
     load_model,
@@ -49,6 +49,7 @@ from specfair.models import (
     resolve_source,
     truncated_draft,
 )
+from specfair.records import ratio as ratio_of
 
 SAMPLES = ROOT / "data" / "samples"
 PROMPT_TOKENS = 32
@@ -294,12 +295,6 @@ def check_identical(runs: dict[str, list[Run]], prompts: list[torch.Tensor]) -> 
 # --- metrics ----------------------------------------------------------------------------------------
 
 
-def leviathan_speedup(alpha: float, gamma: int, c: float, verify_cost: float = 1.0) -> float:
-    """Leviathan et al. (2023, Thm 3.8): (1-α^(γ+1)) / ((1-α)(γc+1)); `verify_cost` replaces the 1 with the
-    measured cost of one (γ+1)-token verify pass in target steps (on a CPU it is well above 1)."""
-    return predicted_block_efficiency(alpha, gamma) / (gamma * c + verify_cost)
-
-
 def summarize(runs: dict[str, list[Run]], gamma: int) -> dict:
     median_tps = {name: statistics.median(run.tokens_per_s for run in rs) for name, rs in runs.items()}
 
@@ -312,7 +307,7 @@ def summarize(runs: dict[str, list[Run]], gamma: int) -> dict:
     accepted = sum(s.accepted for s in stats)
     rejections = sum(s.rejections for s in stats)
     proposed = sum(s.proposed for s in stats)
-    alpha = accepted / (accepted + rejections) if accepted + rejections else math.nan
+    alpha = ratio_of(accepted, accepted + rejections)
     costs, verify_costs = [], []
     for engine_run, target_run in zip(runs["engine"], runs["target"], strict=True):
         target_step_s = target_run.seconds / target_run.tokens
@@ -321,8 +316,8 @@ def summarize(runs: dict[str, list[Run]], gamma: int) -> dict:
         blocks = sum(s.blocks for s in engine_run.stats)
         verify_costs.append(sum(s.verify_s for s in engine_run.stats) / blocks / target_step_s)
     c, v = statistics.median(costs), statistics.median(verify_costs)
-    predicted = leviathan_speedup(alpha, gamma, c)
-    predicted_with_verify = leviathan_speedup(alpha, gamma, c, v)
+    predicted = predicted_speedup(alpha, gamma, c)
+    predicted_with_verify = predicted_speedup(alpha, gamma, c, v)
     measured = ratio("engine", "target")
     return {
         "tokens": runs["target"][0].tokens,

@@ -70,6 +70,10 @@ def test_a_checkpoint_trained_with_other_settings_is_refused(tmp_path):
     (export / "draft").mkdir(parents=True)
     (export / "draft" / "config.json").write_text("{}")
     summary = {
+        "pair": "smollm2_135m",
+        "dataset": "agnews",
+        "seed": 0,
+        "steps": 250,
         "train": {**step.info["train"], "max_steps": 250},
         "data": {"imbalance": step.info["imbalance"]},
     }

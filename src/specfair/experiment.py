@@ -91,8 +91,14 @@ def compose(config: str, overrides: list[str]) -> DictConfig:
 
 def plan(cfg: DictConfig, exp_dir: Path) -> list[Step]:
     """Training steps (one per grid point), then evaluation steps (base + each draft on each dataset)."""
-    exp = cfg.experiment
     common = list(cfg.get("overrides") or []) + [f"paths.ckpt_dir={cfg.paths.ckpt_dir}"]
+    trainings = training_steps(cfg, exp_dir, common)
+    return trainings + evaluation_steps(cfg, exp_dir, common, trainings)
+
+
+def training_steps(cfg: DictConfig, exp_dir: Path, common: list[str]) -> list[Step]:
+    """One train.py run per grid point; variants get their own export folder under the experiment's name."""
+    exp = cfg.experiment
     train_base = as_overrides(plain(exp.train.get("overrides"), {}))
     trainings = []
     for point in grid_points(exp.train):
@@ -106,61 +112,62 @@ def plan(cfg: DictConfig, exp_dir: Path) -> list[Step]:
         else:
             export = Path(composed.export_dir)
         label = f"{dataset}/{train_name}" + (f"/{variant}" if variant else "")
+        info = {
+            "dataset": dataset,
+            "train_name": train_name,
+            "variant": variant,
+            "export_dir": export,
+            "train": OmegaConf.to_container(composed.train, resolve=True),
+            "imbalance": OmegaConf.to_container(composed.dataset.imbalance, resolve=True),
+        }
         trainings.append(
-            Step(
-                "train",
-                label,
-                overrides,
-                exp_dir / "train" / label.replace("/", "__"),
-                info={
-                    "dataset": dataset,
-                    "train_name": train_name,
-                    "variant": variant,
-                    "export_dir": export,
-                    "train": OmegaConf.to_container(composed.train, resolve=True),
-                    "imbalance": OmegaConf.to_container(composed.dataset.imbalance, resolve=True),
-                },
-            )
+            Step("train", label, overrides, exp_dir / "train" / label.replace("/", "__"), info=info)
         )
+    return trainings
+
+
+def finetuned_draft(t: Step) -> list[str]:
+    """evaluate.py overrides that load the draft a training step exports."""
+    draft = [
+        "draft=finetuned",
+        f"draft.trained_on={t.info['dataset']}",
+        f"draft.train_name={t.info['train_name']}",
+        f"draft.path={t.info['export_dir'] / 'draft'}",
+    ]
+    return draft + ([f"draft.variant={t.info['variant']}"] if t.info["variant"] else [])
+
+
+def evaluation_steps(cfg: DictConfig, exp_dir: Path, common: list[str], trainings: list[Step]) -> list[Step]:
+    """The base draft and every trained draft on each evaluated dataset (its own, or every listed one)."""
+    exp = cfg.experiment
     ev = exp.evaluate
-    eval_base = as_overrides(plain(ev.get("overrides"), {}))
-    eval_common = [*common, *eval_base, f"logger.group={exp.name}"]
+    eval_common = [*common, *as_overrides(plain(ev.get("overrides"), {})), f"logger.group={exp.name}"]
     on = ev.get("datasets", "trained")  # "trained": each draft on its own dataset; a list: all on each
     on = on if isinstance(on, str) else plain(on, [])
     datasets = list(dict.fromkeys(t.info["dataset"] for t in trainings)) if on == "trained" else on
     evaluations = []
     for dataset in datasets:
         if ev.get("base", True):
+            overrides = [*eval_common, f"dataset={dataset}", "draft=base"]
             evaluations.append(
-                Step(
-                    "evaluate",
-                    f"{dataset}: base",
-                    [*eval_common, f"dataset={dataset}", "draft=base"],
-                    exp_dir / "evaluate" / f"{dataset}__base",
-                )
+                Step("evaluate", f"{dataset}: base", overrides, exp_dir / "evaluate" / f"{dataset}__base")
             )
         for t in trainings:
             if on == "trained" and t.info["dataset"] != dataset:
                 continue
-            draft = [
-                "draft=finetuned",
-                f"draft.trained_on={t.info['dataset']}",
-                f"draft.train_name={t.info['train_name']}",
-                f"draft.path={t.info['export_dir'] / 'draft'}",
-            ]
-            if t.info["variant"]:
-                draft.append(f"draft.variant={t.info['variant']}")
+            folder = exp_dir / "evaluate" / f"{dataset}__{t.label.replace('/', '__')}"
+            overrides = [*eval_common, f"dataset={dataset}", *finetuned_draft(t)]
             evaluations.append(
                 Step(
                     "evaluate",
                     f"{dataset}: {t.label}",
-                    [*eval_common, f"dataset={dataset}", *draft],
-                    exp_dir / "evaluate" / f"{dataset}__{t.label.replace('/', '__')}",
+                    overrides,
+                    folder,
                     needs=t.label,
                     info={"dataset": dataset},
                 )
             )
-    return trainings + evaluations
+    return evaluations
 
 
 def trained_already(step: Step) -> bool:

@@ -45,6 +45,18 @@ class DecodeStats:
     def wall_s(self) -> float:
         return self.prefill_s + self.draft_s + self.verify_s
 
+    def add_block(self, proposed: int, accepted: int, draft_s: float, verify_s: float) -> None:
+        """Count one verify pass: γ_b = proposed, n_b = accepted, and its draft and verify seconds."""
+        self.draft_s += draft_s
+        self.verify_s += verify_s
+        self.draft_steps += proposed
+        self.blocks += 1
+        self.proposed += proposed
+        self.accepted += accepted
+        self.rejections += int(accepted < proposed)
+        self.proposed_lengths.append(proposed)
+        self.accept_lengths.append(accepted)
+
     def as_dict(self) -> dict:
         return {**asdict(self), "target_calls": self.target_calls, "wall_s": self.wall_s}
 
@@ -184,6 +196,17 @@ def accept(proposals, dists, target_logits, temperature, top_k, top_p, generator
     return len(proposals), sample(p[len(proposals)], generator)
 
 
+def verify(target, cache, tokens, proposals, dists, vocab, eos, sampling) -> tuple[list[int], int]:
+    """One target pass over the proposals: the emitted tokens (accepted prefix + correction or bonus, no token
+    after an accepted EOS) and the accepted count n."""
+    target_logits = forward(target, cache, tokens + proposals, keep=len(proposals) + 1)[:, :vocab]
+    n, token = accept(proposals, dists, target_logits, *sampling)
+    emitted = proposals[:n]
+    if not (emitted and emitted[-1] in eos):
+        emitted.append(token)
+    return emitted, n
+
+
 def speculative_generate(
     target: PreTrainedModel,
     draft: PreTrainedModel,
@@ -197,7 +220,10 @@ def speculative_generate(
     eos_token_id: int | Iterable[int] | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, DecodeStats]:
-    """New tokens `[1, n]` and counters; at temperature 0 identical to the target's greedy output."""
+    """New tokens `[1, n]` and counters; at temperature 0 identical to the target's greedy output.
+
+    Prefill, then blocks of draft → verify → roll both caches back to the kept tokens, until EOS or the budget.
+    """
     check_generation_args(
         gamma=gamma, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p
     )
@@ -218,40 +244,17 @@ def speculative_generate(
         stats.prefill_s = t1 - t0
         done = token in eos or max_new_tokens == 1
         while not done:
-            remaining = max_new_tokens - (len(tokens) - start)
+            budget = min(gamma, max_new_tokens - (len(tokens) - start) - 1)
             proposals, dists = draft_block(
-                draft,
-                d_cache,
-                tokens,
-                min(gamma, remaining - 1),
-                vocab,
-                eos=eos,
-                temperature=temperature,
-                top_k=top_k,
-                top_p=top_p,
-                generator=generator,
+                draft, d_cache, tokens, budget, vocab, *sampling[:3], eos, generator
             )
             t2 = now(device)
-            target_logits = forward(target, t_cache, tokens + proposals, keep=len(proposals) + 1)[:, :vocab]
-            n, token = accept(proposals, dists, target_logits, *sampling)
-            emitted = proposals[:n]
-            ends_in_eos = bool(emitted) and emitted[-1] in eos
-            if not ends_in_eos:
-                emitted.append(token)
+            emitted, n = verify(target, t_cache, tokens, proposals, dists, vocab, eos, sampling)
             tokens.extend(emitted)
             rollback(t_cache, len(tokens) - 1)
             rollback(d_cache, len(tokens) - 1)
             t3 = now(device)
-
-            stats.draft_s += t2 - t1
-            stats.verify_s += t3 - t2
-            stats.draft_steps += len(proposals)
-            stats.blocks += 1
-            stats.proposed += len(proposals)
-            stats.accepted += n
-            stats.rejections += int(n < len(proposals))
-            stats.proposed_lengths.append(len(proposals))
-            stats.accept_lengths.append(n)
+            stats.add_block(len(proposals), n, draft_s=t2 - t1, verify_s=t3 - t2)
             done = emitted[-1] in eos or len(tokens) - start >= max_new_tokens
             t1 = t3
 

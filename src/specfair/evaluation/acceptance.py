@@ -20,6 +20,15 @@ def predicted_block_efficiency(alpha: float | None, gamma: int) -> float | None:
     return float(gamma + 1) if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
 
 
+def predicted_speedup(alpha: float | None, gamma: int, c: float | None, verify_cost: float = 1.0) -> float | None:
+    """Leviathan et al. (2023, Thm 3.8): (1-α^(γ+1)) / ((1-α)(γc+1)), c = draft step / target step (seconds).
+
+    `verify_cost` replaces the 1 with the measured cost of one (γ+1)-token verify pass in target steps (on a
+    CPU it is well above 1)."""
+    tau = predicted_block_efficiency(alpha, gamma)
+    return tau / (gamma * c + verify_cost) if tau is not None and c is not None else None
+
+
 class CategoryAcceptance(Metric):
     """Acceptance, block efficiency and speedup per category and overall, from per-prompt records."""
 
@@ -88,7 +97,7 @@ class CategoryAcceptance(Metric):
             "baseline_wall_s": s["baseline_wall_s"],
             "draft_target_cost_ratio": c,
             "predicted_block_efficiency": tau,
-            "predicted_speedup": tau / (self.gamma * c + 1) if tau is not None and c is not None else None,
+            "predicted_speedup": predicted_speedup(alpha, self.gamma, c),
             # replay at temperature > 0: an expectation along target samples, not a sampled counter
             "expected_alpha": expected_alpha,
             "expected_block_efficiency": predicted_block_efficiency(expected_alpha, self.gamma),
