@@ -17,7 +17,7 @@ def task(cfg: DictConfig) -> dict | None:
     from specfair.training.run import summary_table, train
 
     summary = train(cfg)
-    if not summary:  # not rank 0
+    if summary is None:  # not rank 0
         return None
     Console(width=max(Console().width, 100)).print(summary_table(summary))
     log.info(
@@ -26,7 +26,7 @@ def task(cfg: DictConfig) -> dict | None:
         cfg.pair.name,
         cfg.train.name,
     )
-    return summary["val_after"]
+    return summary.val_after
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

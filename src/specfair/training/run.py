@@ -2,13 +2,11 @@
 
 Validation (expected alpha per category on held-out texts) runs before the first step and every
 `train.val_every` steps; the exported draft lands at `${paths.ckpt_dir}/<pair>/<dataset>/<train.name>/draft`
-where `evaluate.py draft=finetuned` finds it, with `train_summary.json` beside it.
+where `evaluate.py draft=finetuned` finds it, with `train_summary.json` (records.TrainSummary) beside it.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -18,16 +16,19 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from specfair.data.rows import build_splits, train_text
 from specfair.errors import SpecfairError
 from specfair.models import load_pair
-from specfair.training.distill import DIVERGENCES, DraftModule, make_loaders
+from specfair.records import TrainSummary, save_json
+from specfair.tracking import lightning_logger
+from specfair.training.datamodule import DraftDataModule, TrainTexts
+from specfair.training.losses import DIVERGENCES, OBJECTIVES
+from specfair.training.module import DraftModule
 
 log = logging.getLogger(__name__)
 
 
 class SaveOnInterrupt(Callback):
-    """Ctrl-C (or any crash) leaves a resumable `interrupted.ckpt` beside the regular checkpoints."""
+    """Ctrl-C leaves a resumable `interrupted.ckpt` beside the regular checkpoints."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -39,8 +40,9 @@ class SaveOnInterrupt(Callback):
 
 
 def check_train_cfg(cfg: DictConfig) -> None:
+    """Refuse bad `train.*` values in one line before any model is loaded."""
     t = cfg.train
-    if t.objective not in ("kd", "lm"):
+    if t.objective not in OBJECTIVES:
         raise SpecfairError(f"train.objective={t.objective!r}: expected kd or lm")
     if t.objective == "kd" and t.divergence not in DIVERGENCES:
         raise SpecfairError(f"train.divergence={t.divergence!r}: expected one of {', '.join(DIVERGENCES)}")
@@ -55,72 +57,37 @@ def check_train_cfg(cfg: DictConfig) -> None:
         raise SpecfairError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint")
 
 
-def make_logger(cfg: DictConfig, out_dir: Path):
-    if not cfg.logger.get("enabled"):
-        return False
-    from lightning.pytorch.loggers import WandbLogger
+def train(cfg: DictConfig) -> TrainSummary | None:
+    """Fine-tune, validate, export; the summary on rank 0, None on other ranks.
 
-    return WandbLogger(
-        project=cfg.logger.get("project", "specfair"),
-        entity=cfg.logger.get("entity"),
-        mode=cfg.logger.get("mode", "offline"),
-        group=cfg.logger.get("group"),
-        tags=list(cfg.logger.get("tags") or []),
-        save_dir=str(out_dir),
-        job_type="train",
-        name=f"train-{cfg.dataset.name}-{cfg.train.name}",
-    )
-
-
-def train(cfg: DictConfig) -> dict:
+    The module and datamodule come from `cfg.module` / `cfg.datamodule` (`_target_` configs); a replacement
+    datamodule must offer what this reads: `categories` (names, in metric order) and `texts` (TrainTexts).
+    """
     check_train_cfg(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    out_dir = Path(cfg.paths.output_dir)
     pair = load_pair(cfg.pair, cfg.draft, "cpu")  # float32 master weights; the trainer casts (bf16-mixed)
-    tok = pair.tokenizer
-    max_length = int(cfg.train.max_length)
-
-    @functools.cache
-    def encode(row):
-        return tok(train_text(row, cfg.dataset), add_special_tokens=False)["input_ids"]
-
-    splits = build_splits(cfg.dataset, int(cfg.seed), lambda r: len(encode(r)))
-    if not splits.train:
-        raise SpecfairError(
-            f"dataset {cfg.dataset.name}: no training texts left after holding out the prompts"
-        )
-    index = {c: i for i, c in enumerate(splits.categories)}
-    train_ids = [encode(r) for r in splits.train]
-    keep = [i for i, ids in enumerate(train_ids) if len(ids) >= 2]
-    val_ids = [encode(r)[:max_length] for r in splits.eval]
-    accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1))
-    train_loader, val_loader, sampler = make_loaders(
-        [train_ids[i] for i in keep],
-        [index[splits.train[i].category] for i in keep],
-        val_ids,
-        [index[r.category] for r in splits.eval],
-        cfg.train,
-        tok.pad_token_id or 0,
-        int(cfg.seed),
-        accumulate,
+    datamodule: DraftDataModule = instantiate(cfg.datamodule, tokenizer=pair.tokenizer)
+    datamodule.setup("fit")  # the module's metric needs the category names
+    module: DraftModule = instantiate(
+        cfg.module,
+        draft=pair.draft,
+        target=pair.target,
+        categories=datamodule.categories,
+        vocab=pair.vocab_size,
     )
-    log.info(
-        "training on %d texts (%s); validating on %d held-out texts",
-        len(keep),
-        ", ".join(f"{c} {v['rows']}" for c, v in splits.train_counts.items()),
-        len(val_ids),
-    )
+    trainer, checkpoint = make_trainer(cfg)
+    fit(trainer, module, datamodule, cfg.get("ckpt_path"))
+    if not trainer.is_global_zero:
+        return None
+    summary = summarize(cfg, module, datamodule.texts, checkpoint.best_model_path, trainer.global_step)
+    export(cfg, module, pair.tokenizer, summary)
+    return summary
 
-    train_cfg = OmegaConf.create({**OmegaConf.to_container(cfg.train, resolve=True), "seed": int(cfg.seed)})
-    module = DraftModule(
-        pair.draft,
-        pair.target,
-        train_cfg,
-        splits.categories,
-        pair.vocab_size,
-        instantiate(cfg.train.optimizer),
-    )
-    module.sampler = sampler
+
+def make_trainer(cfg: DictConfig) -> tuple[pl.Trainer, ModelCheckpoint]:
+    """The configured Trainer for train.max_steps optimizer steps, validating every train.val_every; its
+    best-expected-alpha checkpoint callback. Checkpoints go to <run dir>/checkpoints."""
+    out_dir = Path(cfg.paths.output_dir)
     ckpt_dir = out_dir / "checkpoints"
     checkpoint = ModelCheckpoint(
         dirpath=ckpt_dir,
@@ -131,71 +98,88 @@ def train(cfg: DictConfig) -> dict:
         save_top_k=1,
     )
     steps = int(cfg.train.max_steps)
+    accumulate = int(cfg.trainer.get("accumulate_grad_batches", 1))  # Lightning counts validation in batches
+    logger = lightning_logger(
+        cfg.get("logger"),
+        out_dir,
+        f"train-{cfg.dataset.name}-{cfg.train.name}",
+        OmegaConf.to_container(cfg, resolve=True),
+    )
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         max_steps=steps,
         max_epochs=1,
-        val_check_interval=min(int(cfg.train.val_every), steps),
-        logger=make_logger(cfg, out_dir),
+        val_check_interval=min(int(cfg.train.val_every), steps) * accumulate,
+        logger=logger,
         callbacks=[checkpoint, SaveOnInterrupt(ckpt_dir / "interrupted.ckpt")],
         num_sanity_val_steps=0,
         default_root_dir=str(out_dir),
         enable_model_summary=False,
     )
-    if trainer.logger:
-        trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    if not cfg.get("ckpt_path"):
-        trainer.validate(module, val_loader, verbose=False)  # the base draft, on the same chart
-    trainer.fit(module, train_loader, val_loader, ckpt_path=cfg.get("ckpt_path"))
+    return trainer, checkpoint
+
+
+def fit(trainer: pl.Trainer, module: DraftModule, datamodule: DraftDataModule, ckpt_path: str | None) -> None:
+    """Validate the base draft (step 0, same chart), train (resuming from `ckpt_path` if given), validate the
+    final step if it fell between validations, and leave the final state in checkpoints/last.ckpt."""
+    if not ckpt_path:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if not module.history or module.history[-1]["step"] != trainer.global_step:
-        trainer.validate(module, val_loader, verbose=False)
-    trainer.save_checkpoint(ckpt_dir / "last.ckpt")  # the final state, also when it fell between validations
-    if not trainer.is_global_zero:
-        return {}
-    return export(cfg, module, pair, splits, checkpoint, trainer.global_step)
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
 
 
-def export(cfg, module, pair, splits, checkpoint, steps) -> dict:
-    """The fine-tuned draft as an HF folder (+ tokenizer) and train_summary.json, written atomically."""
+def summarize(
+    cfg: DictConfig, module: DraftModule, texts: TrainTexts, best_checkpoint: str, steps: int
+) -> TrainSummary:
+    """What the draft was trained on and how, and its validation curve (history: one entry per validation)."""
+    return TrainSummary(
+        pair=cfg.pair.name,
+        dataset=cfg.dataset.name,
+        train=OmegaConf.to_container(cfg.train, resolve=True),
+        draft_layers=module.draft.config.num_hidden_layers,
+        seed=int(cfg.seed),
+        steps=steps,
+        data={
+            "source": texts.source,
+            "categories": texts.categories,
+            "train_counts": texts.train_counts,
+            "imbalance": OmegaConf.to_container(cfg.dataset.imbalance, resolve=True),
+            "train_per_category": cfg.dataset.get("train_per_category"),
+            "validation_texts": len(texts.val_ids),
+        },
+        val_before=module.history[0],
+        val_after=module.history[-1],
+        history=module.history,
+        best_checkpoint=best_checkpoint or None,
+        run_dir=str(Path(cfg.paths.output_dir)),
+    )
+
+
+def export(cfg: DictConfig, module: DraftModule, tokenizer, summary: TrainSummary) -> Path:
+    """The fine-tuned draft as an HF folder (+ tokenizer) with train_summary.json, at cfg.export_dir.
+
+    Written to a sibling `.tmp` folder first and renamed, so a reader never sees half an export; the summary
+    is also copied into the run folder.
+    """
     final = Path(cfg.export_dir)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "draft").mkdir(parents=True)
-    draft = module.draft.to("cpu").eval()
-    draft.save_pretrained(tmp / "draft")
-    pair.tokenizer.save_pretrained(tmp / "draft")
-    before, after = module.history[0], module.history[-1]
-    summary = {
-        "pair": cfg.pair.name,
-        "dataset": cfg.dataset.name,
-        "train": OmegaConf.to_container(cfg.train, resolve=True),
-        "draft_layers": draft.config.num_hidden_layers,
-        "seed": int(cfg.seed),
-        "steps": steps,
-        "data": {
-            "source": splits.source,
-            "categories": splits.categories,
-            "train_counts": splits.train_counts,
-            "imbalance": OmegaConf.to_container(cfg.dataset.imbalance, resolve=True),
-            "train_per_category": cfg.dataset.get("train_per_category"),
-            "validation_texts": len(splits.eval),
-        },
-        "val_before": before,
-        "val_after": after,
-        "history": module.history,
-        "best_checkpoint": checkpoint.best_model_path or None,
-        "run_dir": str(Path(cfg.paths.output_dir)),
-    }
-    (tmp / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    module.draft.to("cpu").eval().save_pretrained(tmp / "draft")
+    tokenizer.save_pretrained(tmp / "draft")
+    save_json(summary, tmp / "train_summary.json")
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    (Path(cfg.paths.output_dir) / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    save_json(summary, Path(cfg.paths.output_dir) / "train_summary.json")
     log.info("fine-tuned draft saved to %s", final / "draft")
-    return summary
+    return final
 
 
-def summary_table(summary: dict):
+def summary_table(summary: TrainSummary):
+    """A rich Table: expected alpha per category before and after training, the gain, greedy agreement."""
     from rich.table import Table
 
     before, after = summary["val_before"], summary["val_after"]

@@ -1,0 +1,106 @@
+"""Where the loss is: divergences between the target's and the draft's next-token distributions, pure tensors.
+
+Shapes: B texts, T positions, V vocabulary rows. Only the first `vocab` rows (the rows both models score) are
+compared: padded vocabulary rows are never part of a loss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from specfair.errors import SpecfairError
+
+DIVERGENCES = ("fkl", "rkl", "jsd", "tvd")
+OBJECTIVES = ("kd", "lm")
+
+
+def divergence(
+    target_logits: torch.Tensor,
+    draft_logits: torch.Tensor,
+    kind: str,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Per-position divergence between target p and draft q: logits [..., V] -> nats [...] (float32).
+
+    fkl: KL(p||q) (mode covering); rkl: KL(q||p) (mode seeking); jsd: generalized Jensen-Shannon with
+    m = beta p + (1 - beta) q, beta KL(p||m) + (1 - beta) KL(q||m); tvd: total variation 1/2 sum |p - q|,
+    i.e. 1 - sum min(p, q), one minus the acceptance probability speculative decoding gets.
+    Both distributions are softmax(logits / temperature).
+    """
+    log_p = F.log_softmax(target_logits.float() / temperature, -1)
+    log_q = F.log_softmax(draft_logits.float() / temperature, -1)
+    if kind == "fkl":
+        return (log_p.exp() * (log_p - log_q)).sum(-1)
+    if kind == "rkl":
+        return (log_q.exp() * (log_q - log_p)).sum(-1)
+    if kind == "jsd":
+        if not 0 < beta < 1:
+            raise SpecfairError(f"train.beta={beta}: must be in (0, 1) for jsd")
+        log_m = torch.logsumexp(torch.stack([log_p + math.log(beta), log_q + math.log(1 - beta)]), 0)
+        kl_pm = (log_p.exp() * (log_p - log_m)).sum(-1)
+        kl_qm = (log_q.exp() * (log_q - log_m)).sum(-1)
+        return beta * kl_pm + (1 - beta) * kl_qm
+    if kind == "tvd":
+        return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
+    raise SpecfairError(f"train.divergence={kind!r}: expected one of {', '.join(DIVERGENCES)}")
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` where `mask` is set (same shape); 0 when nothing is (an empty batch is no NaN)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1)
+
+
+def next_token_views(input_ids, attention_mask, target_logits, draft_logits, vocab: int):
+    """Align predictions with what they predict: (labels [B, T-1], mask [B, T-1], p, q logits [B, T-1, vocab]).
+
+    Logits at positions 0..T-2 predict tokens 1..T-1; a position counts only if both tokens are real (not
+    padding), and only the `vocab` shared rows are kept.
+    """
+    mask = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
+    return input_ids[:, 1:], mask, target_logits[:, :-1, :vocab], draft_logits[:, :-1, :vocab]
+
+
+@dataclass(frozen=True)
+class DistillationLoss:
+    """The training objective: kd_weight * divergence(target, draft) + (1 - kd_weight) * cross-entropy.
+
+    A config object (built from `module.loss` in conf/train.yaml, its fields pointing at `train.*`) so that
+    another objective is a `_target_` swap. objective "lm" is plain next-token cross-entropy on the text (the
+    target's logits are ignored). Values are nats per counted position.
+    """
+
+    objective: str = "kd"  # kd | lm
+    divergence: str = "fkl"  # fkl | rkl | jsd | tvd
+    kd_weight: float = 1.0
+    beta: float = 0.5  # jsd mixture weight
+    temperature: float = 1.0  # of both distributions in the divergence (not of the cross-entropy)
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        target_logits: torch.Tensor,
+        draft_logits: torch.Tensor,
+        vocab: int,
+        loss_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """ids, masks [B, T]; logits [B, T, V >= vocab] -> (scalar loss, {"ce", "kd"} parts for logging).
+
+        `loss_mask` [B, T] (on-policy batches) further restricts the loss to positions predicting a token
+        whose mask is set.
+        """
+        labels, mask, t, d = next_token_views(input_ids, attention_mask, target_logits, draft_logits, vocab)
+        if loss_mask is not None:
+            mask = mask & loss_mask[:, 1:].bool()
+        ce = masked_mean(F.cross_entropy(d.transpose(1, 2).float(), labels, reduction="none"), mask)
+        if self.objective == "lm":
+            return ce, {"ce": ce}
+        kd = masked_mean(divergence(t, d, self.divergence, self.beta, self.temperature), mask)
+        weight = float(self.kd_weight)
+        return weight * kd + (1 - weight) * ce, {"ce": ce, "kd": kd}

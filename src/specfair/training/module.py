@@ -1,0 +1,181 @@
+"""The LightningModule: fine-tune the draft toward a frozen target, validate with per-category expected alpha.
+
+The target is held outside the module's registered children: it is never in a checkpoint, never switched to
+train mode by Lightning, and never receives gradients.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+
+import lightning.pytorch as pl
+import torch
+
+from specfair.errors import SpecfairError
+from specfair.training.losses import DistillationLoss, next_token_views
+from specfair.training.validation import ExpectedAlpha
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step learning-rate factor: linear warmup over `warmup_steps` optimizer steps, then cosine decay
+    to `min_lr_ratio` at `total_steps` (held there after)."""
+    warmup, total, floor = int(warmup_steps), int(total_steps), float(min_lr_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class DraftModule(pl.LightningModule):
+    """Trains `draft` with `loss` toward the frozen `target`; records validation in `history`.
+
+    Built from `module` in conf/train.yaml (loss, optimizer and scheduler are themselves `_target_` configs);
+    the models, the data's category names and `vocab` (rows both models score) are passed in at run time.
+    `optimizer` maps parameters to an optimizer (a `_partial_`); `scheduler` maps the optimizer to a per-step
+    LR scheduler, or None for a constant rate. `on_policy_fraction` of the batches (chosen by (seed, step))
+    have their second half written by the draft itself (GKD / DistillSpec). `history` holds one entry per
+    validation ({"step", "expected_alpha", ... per category}), the first at step 0 (the base draft); it is
+    saved in checkpoints so a resumed run keeps the whole curve.
+    """
+
+    def __init__(
+        self,
+        draft,
+        target,
+        categories: list[str],
+        vocab: int,
+        loss: Callable | None = None,
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        on_policy_fraction: float = 0.0,
+        freeze_embeddings: bool = False,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.draft = draft.train().requires_grad_(True)
+        self._frozen = [target.eval().requires_grad_(False)]  # a list: not a registered child module
+        self.vocab = vocab
+        self.loss_fn = loss or DistillationLoss()
+        self.optimizer_factory = optimizer or torch.optim.AdamW
+        self.scheduler_factory = scheduler
+        self.on_policy_fraction, self.seed = float(on_policy_fraction), int(seed)
+        self.val_metric = ExpectedAlpha(categories)
+        self.history: list[dict] = []
+        if freeze_embeddings:  # train the decoder layers only
+            for p in [
+                *draft.get_input_embeddings().parameters(),
+                *draft.get_output_embeddings().parameters(),
+            ]:
+                p.requires_grad_(False)
+
+    @property
+    def target(self):
+        return self._frozen[0]
+
+    def _sync_target(self):
+        if self.target.device != self.device:
+            self._frozen[0] = self.target.to(self.device)
+        self.target.eval()
+
+    def on_fit_start(self):
+        self._sync_target()
+
+    def on_validation_start(self):
+        self._sync_target()
+
+    def logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target logits, draft logits), each [B, T, V_model]; only the draft's carry gradients."""
+        draft_logits = self.draft(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        with torch.no_grad():
+            target_logits = self.target(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+        return target_logits, draft_logits
+
+    def _on_policy(self, batch: dict, batch_idx: int) -> tuple[dict, torch.Tensor | None]:
+        """With probability on_policy_fraction, the second half of each text becomes the draft's own sample.
+
+        Returns the batch to train on and a loss mask [B, T] (None: every position counts) that restricts
+        the loss to the sampled tokens.
+        """
+        step = self.trainer.global_step * self.trainer.accumulate_grad_batches + batch_idx
+        if (
+            self.on_policy_fraction <= 0
+            or random.Random(f"{self.seed}:{step}").random() >= self.on_policy_fraction
+        ):
+            return batch, None
+        ids, attention = batch["input_ids"], batch["attention_mask"]
+        keep = max(1, ids.shape[1] // 2)
+        prompt, prompt_mask = ids[:, :keep], attention[:, :keep]
+        torch.manual_seed(self.seed * 7919 + step)
+        was_training = self.draft.training
+        self.draft.eval()
+        with torch.no_grad():
+            out = self.draft.generate(
+                prompt,
+                attention_mask=prompt_mask,
+                do_sample=True,
+                top_k=0,
+                temperature=1.0,
+                max_new_tokens=ids.shape[1] - keep,
+                min_new_tokens=ids.shape[1] - keep,
+                pad_token_id=int(ids[0, 0]),
+            )
+        self.draft.train(was_training)
+        new_attention = torch.cat([prompt_mask, torch.ones_like(out[:, keep:])], 1)
+        loss_mask = torch.cat([torch.zeros_like(prompt_mask), torch.ones_like(out[:, keep:])], 1)
+        loss_mask[:, keep - 1] = 1  # the first generated token is predicted from the last prompt position
+        return {"input_ids": out, "attention_mask": new_attention, "category": batch["category"]}, loss_mask
+
+    def training_step(self, batch, batch_idx):
+        batch, loss_mask = self._on_policy(batch, batch_idx)
+        target_logits, draft_logits = self.logits(batch)
+        loss, parts = self.loss_fn(
+            batch["input_ids"], batch["attention_mask"], target_logits, draft_logits, self.vocab, loss_mask
+        )
+        if not torch.isfinite(loss):
+            raise SpecfairError(
+                f"non-finite training loss ({float(loss.detach())}) at step {self.trainer.global_step}: "
+                "stopped; the last checkpoint holds the last good weights (lower train.optimizer.lr?)"
+            )
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, on_step=True, on_epoch=False)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        target_logits, draft_logits = self.logits(batch)
+        _, mask, t, d = next_token_views(
+            batch["input_ids"], batch["attention_mask"], target_logits, draft_logits, self.vocab
+        )
+        self.val_metric.update(t, d, mask, batch["category"])
+
+    def on_validation_epoch_end(self):
+        values = self.val_metric.compute()
+        self.val_metric.reset()
+        self.log("val/expected_alpha", values["expected_alpha"], prog_bar=True)
+        self.log_dict({f"val/{k}": v for k, v in values.items() if k != "expected_alpha"})
+        if not self.trainer.sanity_checking:
+            self.history.append({"step": self.trainer.global_step, **values})
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory([p for p in self.draft.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["specfair_history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint):
+        self.history = checkpoint.get("specfair_history", [])
