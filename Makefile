@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.specfair-installed
 
-.PHONY: setup demo test test-all bench q1 q2 transfer lint format clean
+.PHONY: setup demo test test-all bench bench-eval q1 q2 transfer lint format clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) evaluate.py logger=wandb
 
+# What CI runs: everything that guards correctness (~8 min on 2 cores). test-all adds the slow-marked tests.
 test: setup
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -m "not slow"
+
+test-all: setup
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q
 
 # The experiments (docs/results.md): train where no checkpoint exists, evaluate, report into logs/experiment/<name>.
@@ -34,6 +38,9 @@ transfer: setup
 
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_decoding.py
+
+bench-eval: setup
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_eval.py
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

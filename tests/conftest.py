@@ -8,10 +8,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")  # ../shared/data
 
 
-def tiny_llama(seed: int, vocab: int = 8, layers: int = 2, init: float = 0.3) -> LlamaForCausalLM:
+def build_tiny_llama(seed: int, vocab: int = 8, layers: int = 2, init: float = 0.3) -> LlamaForCausalLM:
     """A random-weight Llama small enough for thousands of generations; a wide init makes it opinionated."""
     torch.manual_seed(seed)
     config = LlamaConfig(
@@ -31,7 +31,7 @@ def tiny_llama(seed: int, vocab: int = 8, layers: int = 2, init: float = 0.3) ->
     return LlamaForCausalLM(config).eval().requires_grad_(False)
 
 
-def compose_cfg(*overrides, config="evaluate"):
+def compose_app_cfg(*overrides, config="evaluate"):
     """The app's config as Hydra composes it, with the run folder pinned (no HydraConfig outside an app)."""
     from hydra import compose, initialize_config_dir
 
@@ -65,3 +65,23 @@ def agnews_prompts(real_pair):
         rows = [json.loads(line) for line in f]
     texts = [r["text"] for r in rows if r["split"] == "eval"][::50][:8]
     return [real_pair.tokenizer(t, add_special_tokens=False)["input_ids"][:32] for t in texts]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """A factory: `tiny_llama(seed, vocab=8, layers=2, init=0.3)` builds a random-weight Llama."""
+    return build_tiny_llama
+
+
+@pytest.fixture(scope="session")
+def compose_cfg():
+    """A factory: `compose_cfg(*overrides, config="evaluate")` composes the app's config as Hydra does."""
+    return compose_app_cfg
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """The full real datasets beside the project (../shared/data); tests that need them skip without them."""
+    if not os.path.isdir(SHARED_DATA):
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA

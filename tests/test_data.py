@@ -4,7 +4,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA, compose_cfg
 from omegaconf import OmegaConf
 
 from specfair import ROOT
@@ -23,17 +22,28 @@ BUNDLED = {
 }
 
 
-def dataset_cfg(name, **overrides):
-    return compose_cfg(f"dataset={name}", *[f"dataset.{k}={v}" for k, v in overrides.items()]).dataset
+@pytest.fixture
+def dataset_cfg(compose_cfg):
+    """A factory: the composed `dataset` config for a name and `dataset.*` overrides."""
+
+    def make(name, **overrides):
+        return compose_cfg(f"dataset={name}", *[f"dataset.{k}={v}" for k, v in overrides.items()]).dataset
+
+    return make
 
 
-def local_cfg(path, **fields):
+@pytest.fixture
+def local_cfg(dataset_cfg):
+    return lambda path, **fields: _local_cfg(dataset_cfg, path, **fields)
+
+
+def _local_cfg(dataset_cfg, path, **fields):
     """conf/dataset/local.yaml pointed at a file, with field settings as a user would override them."""
     return OmegaConf.merge(dataset_cfg("local", path=str(path)), fields)
 
 
 @pytest.mark.parametrize("name", sorted(BUNDLED))
-def test_bundled_samples_load_offline_with_their_categories(name):
+def test_bundled_samples_load_offline_with_their_categories(dataset_cfg, name):
     splits = build_splits(dataset_cfg(name, source="bundled"), seed=0)
     assert splits.source == "bundled"
     assert splits.categories == BUNDLED[name]
@@ -51,7 +61,7 @@ def test_bundled_eval_and_train_splits_are_disjoint():
         assert evals and trains and not evals & trains
 
 
-def test_prompt_selection_is_balanced_and_deterministic():
+def test_prompt_selection_is_balanced_and_deterministic(dataset_cfg):
     cfg = dataset_cfg("agnews", source="bundled")
     rows, _ = load_rows(cfg)
     cats = categories_of(rows, cfg)
@@ -62,7 +72,7 @@ def test_prompt_selection_is_balanced_and_deterministic():
     assert len({r.id for r in first}) == 64
 
 
-def test_short_category_warns_and_uses_what_exists(caplog):
+def test_short_category_warns_and_uses_what_exists(dataset_cfg, caplog):
     cfg = dataset_cfg("emotion", source="bundled")
     rows, _ = load_rows(cfg)
     chosen = select_prompts(rows, categories_of(rows, cfg), 45, seed=0)
@@ -75,7 +85,7 @@ def write_jsonl(path, rows):
     return path
 
 
-def test_local_jsonl_with_named_fields(tmp_path):
+def test_local_jsonl_with_named_fields(local_cfg, tmp_path):
     path = write_jsonl(
         tmp_path / "rows.jsonl",
         [
@@ -105,7 +115,7 @@ def test_local_jsonl_with_named_fields(tmp_path):
         ([{"text": "a", "label": 7}], {"label_names": ["p", "q"]}, "label 7 outside label_names"),
     ],
 )
-def test_bad_rows_are_one_clear_error(tmp_path, rows, fields, message):
+def test_bad_rows_are_one_clear_error(local_cfg, tmp_path, rows, fields, message):
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
     cfg = local_cfg(path, **({"text_field": "text", "category_field": "label", "label_names": None} | fields))
     with pytest.raises(SpecfairError, match=message):
@@ -121,7 +131,7 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
         read_jsonl(tmp_path / "missing.jsonl")
 
 
-def test_csv_through_the_datasets_library(tmp_path):
+def test_csv_through_the_datasets_library(local_cfg, tmp_path):
     path = tmp_path / "rows.csv"
     path.write_text("text,label\nhello there,1\ngood bye,0\n")
     cfg = local_cfg(path, text_field="text", category_field="label", label_names=["neg", "pos"])
@@ -129,13 +139,11 @@ def test_csv_through_the_datasets_library(tmp_path):
     assert [(r.text, r.category) for r in rows] == [("hello there", "pos"), ("good bye", "neg")]
 
 
-def test_hub_records_through_the_same_normalisation(tmp_path):
+def test_hub_records_through_the_same_normalisation(dataset_cfg, shared_data, tmp_path):
     """What `datasets.load_dataset(hub id)` returns, built offline from the real AG News rows."""
     import datasets
 
-    source = os.path.join(SHARED_DATA, "agnews_test.jsonl")
-    if not os.path.exists(source):
-        pytest.skip("../shared/data is absent")
+    source = os.path.join(shared_data, "agnews_test.jsonl")
     ds = datasets.load_dataset("json", data_files=source, split="train").remove_columns(["label_name"])
     ds.save_to_disk(tmp_path / "ag")
     records = datasets.load_from_disk(str(tmp_path / "ag")).to_list()
@@ -144,7 +152,7 @@ def test_hub_records_through_the_same_normalisation(tmp_path):
     assert Counter(r.category for r in rows) == {c: 1900 for c in BUNDLED["agnews"]}
 
 
-def test_prompts_are_the_first_tokens_and_left_truncated_to_the_context(real_pair):
+def test_prompts_are_the_first_tokens_and_left_truncated_to_the_context(dataset_cfg, real_pair):
     cfg = dataset_cfg("agnews", source="bundled")
     rows, _ = load_rows(cfg)
     prompts = tokenize_prompts(rows[:3], real_pair.tokenizer, cfg, max_prompt_tokens=10_000)
@@ -157,13 +165,11 @@ def test_prompts_are_the_first_tokens_and_left_truncated_to_the_context(real_pai
 # --- CNN/DailyMail sections from URLs ------------------------------------------------------------------
 
 
-def test_cnndm_url_join_reproduces_the_sections_of_the_shared_sample():
-    raw = os.path.join(SHARED_DATA, "raw")
-    if not os.path.isdir(raw):
-        pytest.skip("../shared/data is absent")
+def test_cnndm_url_join_reproduces_the_sections_of_the_shared_sample(shared_data):
+    raw = os.path.join(shared_data, "raw")
     lists = [os.path.join(raw, f"cnndm_url_list_all_{s}.txt") for s in ("test", "val")]
     index = cnndm.url_index(lists, Path("/nonexistent"))
-    rows = read_jsonl(os.path.join(SHARED_DATA, "cnndm_sample.jsonl"))
+    rows = read_jsonl(os.path.join(shared_data, "cnndm_sample.jsonl"))
     with_ids = [r for r in rows if r["id"]]
     assert len(with_ids) == 1500
     assert [cnndm.section_of(index[r["id"]]) for r in with_ids] == [r["category"] for r in with_ids]
@@ -186,7 +192,7 @@ def test_cnndm_sections_groups_and_folding():
     assert cnndm.fold_small(["a", "a", "a", "b"], 2) == ["a", "a", "a", "other"]
 
 
-def test_cnndm_bundled_uses_the_id_join_and_the_summary_prompt(real_pair):
+def test_cnndm_bundled_uses_the_id_join_and_the_summary_prompt(dataset_cfg, real_pair):
     cfg = dataset_cfg("cnn_dm", source="bundled")
     splits = build_splits(cfg, seed=0)
     assert splits.categories == BUNDLED["cnn_dm"] and splits.eval and splits.train
@@ -235,7 +241,7 @@ def test_bad_imbalance_is_one_clear_error(imbalance, message):
         imbalance_counts(CATS, 100, imbalance)
 
 
-def test_imbalanced_training_split_is_realised_and_disjoint():
+def test_imbalanced_training_split_is_realised_and_disjoint(dataset_cfg):
     cfg = dataset_cfg("agnews", source="bundled", train_per_category=100, **{"imbalance.ratio": 10})
     splits = build_splits(cfg, seed=0)
     rows = {c: v["rows"] for c, v in splits.train_counts.items()}
@@ -246,7 +252,7 @@ def test_imbalanced_training_split_is_realised_and_disjoint():
         build_splits(dataset_cfg("agnews", source="bundled", train_per_category=400), seed=0)
 
 
-def test_token_budget_holds_the_total_fixed_as_the_ratio_varies():
+def test_token_budget_holds_the_total_fixed_as_the_ratio_varies(dataset_cfg):
     totals = []
     for ratio in (1, 10):
         cfg = dataset_cfg(
@@ -263,7 +269,7 @@ def test_token_budget_holds_the_total_fixed_as_the_ratio_varies():
         assert 4000 <= total < 4000 + 4 * 120  # each category overshoots by less than one text
 
 
-def test_single_file_holds_prompts_out_of_training(tmp_path):
+def test_single_file_holds_prompts_out_of_training(local_cfg, tmp_path):
     rows = [{"text": f"text number {i}", "label": "x" if i % 2 else "y"} for i in range(40)]
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
     cfg = local_cfg(path, text_field="text", category_field="label", per_category=5)
@@ -274,7 +280,7 @@ def test_single_file_holds_prompts_out_of_training(tmp_path):
         check_disjoint(splits.eval, splits.eval[:1])
 
 
-def test_hub_code_path_on_a_local_dataset_folder(tmp_path, real_pair):
+def test_hub_code_path_on_a_local_dataset_folder(dataset_cfg, tmp_path, real_pair):
     """`datasets.load_dataset(<id>, split=...)` on a folder laid out like a hub repo (train/test files)."""
     folder = tmp_path / "dolly_like"
     folder.mkdir()
@@ -300,7 +306,7 @@ def test_hub_code_path_on_a_local_dataset_folder(tmp_path, real_pair):
         build_splits(dataset_cfg("dolly", source="hub", **{"hub.id": str(tmp_path / "nothing")}), seed=0)
 
 
-def test_hub_only_dataset_offline_says_what_to_do(monkeypatch):
+def test_hub_only_dataset_offline_says_what_to_do(dataset_cfg, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SpecfairError, match="ships no bundled sample"):
         build_splits(dataset_cfg("yelp"), seed=0)

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import compose_cfg
 
 from specfair import ROOT
 
@@ -41,7 +40,7 @@ def run_evaluate(*overrides, multirun=False):
         ("logger", ["wandb", "none"]),
     ],
 )
-def test_every_config_option_composes(group, options):
+def test_every_config_option_composes(compose_cfg, group, options):
     for option in options:
         cfg = compose_cfg(f"{group}={option}")
         if group in ("dataset", "pair"):

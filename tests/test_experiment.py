@@ -5,19 +5,26 @@ import subprocess
 import sys
 
 import pytest
-from conftest import compose_cfg
 
 from specfair import ROOT
 from specfair.errors import SpecfairError
 from specfair.experiment import Step, plan, trained_already, variant_name
 
 
-def planned(name, *overrides, tmp="/tmp/specfair-plan"):
-    cfg = compose_cfg(f"experiment={name}", f"paths.ckpt_dir={tmp}/ckpts", *overrides, config="experiments")
-    return plan(cfg, ROOT / "logs" / "experiment" / name)
+@pytest.fixture
+def planned(compose_cfg):
+    """A factory: the steps an experiment config plans (nothing runs)."""
+
+    def make(name, *overrides, tmp="/tmp/specfair-plan"):
+        cfg = compose_cfg(
+            f"experiment={name}", f"paths.ckpt_dir={tmp}/ckpts", *overrides, config="experiments"
+        )
+        return plan(cfg, ROOT / "logs" / "experiment" / name)
+
+    return make
 
 
-def test_q1_trains_each_dataset_and_evaluates_base_and_finetuned_on_it():
+def test_q1_trains_each_dataset_and_evaluates_base_and_finetuned_on_it(planned):
     steps = planned("q1")
     trainings = [s for s in steps if s.kind == "train"]
     evaluations = [s for s in steps if s.kind == "evaluate"]
@@ -37,7 +44,7 @@ def test_q1_trains_each_dataset_and_evaluates_base_and_finetuned_on_it():
     assert all("logger.group=q1" in e.overrides for e in evaluations)
 
 
-def test_transfer_evaluates_every_draft_on_every_dataset():
+def test_transfer_evaluates_every_draft_on_every_dataset(planned):
     steps = planned("transfer")
     evaluations = [s for s in steps if s.kind == "evaluate"]
     assert len(evaluations) == 5 * (1 + 3)
@@ -46,7 +53,7 @@ def test_transfer_evaluates_every_draft_on_every_dataset():
     assert all("mode=replay" in s.overrides for s in evaluations)
 
 
-def test_q2_gives_each_mix_its_own_checkpoint_and_keeps_evaluation_balanced():
+def test_q2_gives_each_mix_its_own_checkpoint_and_keeps_evaluation_balanced(planned):
     steps = planned("q2_imbalance")
     trainings = [s for s in steps if s.kind == "train"]
     assert len(trainings) == 2 * 4 + 2
@@ -63,7 +70,7 @@ def test_q2_gives_each_mix_its_own_checkpoint_and_keeps_evaluation_balanced():
     )
 
 
-def test_a_checkpoint_trained_with_other_settings_is_refused(tmp_path):
+def test_a_checkpoint_trained_with_other_settings_is_refused(planned, tmp_path):
     step = planned("q1", tmp=str(tmp_path))[0]
     export = step.info["export_dir"]
     assert not trained_already(step)

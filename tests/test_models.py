@@ -2,7 +2,6 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_llama
 from omegaconf import OmegaConf
 
 from specfair.decoding.engine import autoregressive_generate, speculative_generate
@@ -10,7 +9,7 @@ from specfair.errors import SpecfairError
 from specfair.models import EMBEDDED, check_tokenizers, load_pair, load_tokenizer, truncated_draft
 
 
-def test_truncated_draft_copies_the_first_layers_and_never_shares_tensors():
+def test_truncated_draft_copies_the_first_layers_and_never_shares_tensors(tiny_llama):
     target = tiny_llama(0, vocab=32, layers=4)
     draft = truncated_draft(target, 2)
     assert draft.config.num_hidden_layers == 2 and target.config.num_hidden_layers == 4
@@ -25,7 +24,7 @@ def test_truncated_draft_copies_the_first_layers_and_never_shares_tensors():
     assert torch.equal(target.model.embed_tokens.weight, before)
 
 
-def test_full_depth_draft_reproduces_the_target():
+def test_full_depth_draft_reproduces_the_target(tiny_llama):
     target = tiny_llama(0, vocab=32, layers=3)
     draft = truncated_draft(target, 3)
     ids = torch.tensor([[1, 5, 9, 2]])

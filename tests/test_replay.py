@@ -22,10 +22,8 @@ COUNTERS = (
 
 
 @pytest.fixture(scope="module")
-def tiny_pair():
+def tiny_pair(tiny_llama):
     """A random target and a perturbed copy as draft: blocks of every accepted length occur."""
-    from conftest import tiny_llama
-
     target = tiny_llama(11, vocab=12, layers=2, init=0.5)
     draft = copy.deepcopy(target)
     generator = torch.Generator().manual_seed(5)

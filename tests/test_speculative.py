@@ -2,7 +2,6 @@ import itertools
 
 import pytest
 import torch
-from conftest import tiny_llama
 from scipy.stats import chisquare
 
 from specfair.decoding.engine import autoregressive_generate, logits_to_probs, speculative_generate
@@ -12,7 +11,7 @@ PROMPTS = [[1, 2, 3], [5], [7, 7, 1, 0, 4, 2, 6, 3, 3, 1], [4, 4]]
 
 
 @pytest.fixture(scope="module")
-def tiny_pair():
+def tiny_pair(tiny_llama):
     return tiny_llama(0, vocab=64, layers=3), tiny_llama(1, vocab=64, layers=1)
 
 
@@ -30,7 +29,7 @@ def test_greedy_equals_target_greedy_and_transformers(tiny_pair, gamma):
         assert stats.new_tokens == 20
 
 
-def test_greedy_with_draft_equal_to_target_accepts_everything():
+def test_greedy_with_draft_equal_to_target_accepts_everything(tiny_llama):
     target = tiny_llama(0, vocab=64, layers=2)
     out, stats = speculative_generate(target, target, torch.tensor([[1, 2]]), gamma=4, max_new_tokens=21)
     assert out.shape == (1, 21)
@@ -176,7 +175,7 @@ def marginal(joint: dict, positions) -> dict:
     "temperature, top_k, top_p, n",
     [(1.0, None, None, 4000), (0.7, 5, 0.9, 3000)],
 )
-def test_sampling_preserves_the_target_distribution(temperature, top_k, top_p, n):
+def test_sampling_preserves_the_target_distribution(tiny_llama, temperature, top_k, top_p, n):
     target, draft = tiny_llama(0), tiny_llama(1)
     prompt, steps = [1, 2, 3], 4  # token 1 from the prefill; tokens 2-4 from drafted blocks (gamma=2)
     generator = torch.Generator().manual_seed(1234)
@@ -230,7 +229,7 @@ def test_sampling_is_reproducible_with_a_seeded_generator(tiny_pair):
     assert runs[0] == runs[1]
 
 
-def test_padded_vocabulary_rows_are_never_proposed():
+def test_padded_vocabulary_rows_are_never_proposed(tiny_llama):
     """A draft with extra (padding) rows: only ids both models score can be drafted or emitted."""
     target, draft = tiny_llama(0, vocab=16), tiny_llama(1, vocab=24)
     with torch.no_grad():
@@ -248,7 +247,7 @@ def test_padded_vocabulary_rows_are_never_proposed():
         assert max(out[0].tolist()) < 16
 
 
-def test_all_prefixes_enumerated_sum_to_one():
+def test_all_prefixes_enumerated_sum_to_one(tiny_llama):
     joint = exact_distribution(tiny_llama(0), [1], 2, 1.0, None, None)
     assert abs(sum(joint.values()) - 1) < 1e-5 and len(joint) == 64
     assert set(itertools.product(range(8), repeat=2)) == set(joint)

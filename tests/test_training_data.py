@@ -4,7 +4,6 @@ DataModule built from the composed config on the bundled AG News sample."""
 from types import SimpleNamespace
 
 import pytest
-from conftest import compose_cfg
 from hydra.utils import instantiate
 
 from specfair.errors import SpecfairError
@@ -58,7 +57,7 @@ def test_stream_is_sized_by_the_trainer_and_restarts_where_the_step_left_it():
     assert batches(other, 0) != full
 
 
-def test_datamodule_from_the_composed_config(word_tokenizer):
+def test_datamodule_from_the_composed_config(compose_cfg, word_tokenizer):
     cfg = compose_cfg(
         "dataset.per_category=2",
         "train.batch_size=3",

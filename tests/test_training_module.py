@@ -7,7 +7,6 @@ import functools
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import tiny_llama
 from lightning.pytorch.callbacks import Callback
 
 from specfair.errors import SpecfairError
@@ -31,7 +30,7 @@ SETTINGS = {
 
 
 @pytest.fixture
-def tiny_run():
+def tiny_run(tiny_llama):
     """build(**settings) -> (DraftModule, DraftDataModule): a 3-layer target, a 1-layer draft, vocab 32,
     12 random 20-token texts in 3 categories, batches of 2 windows of at most 12 tokens."""
 

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-from conftest import compose_cfg, tiny_llama
 from hydra.utils import instantiate
 
 from specfair import ROOT
@@ -17,14 +16,14 @@ from specfair.training.module import DraftModule
 from specfair.training.run import check_train_cfg
 
 
-def test_train_configs_compose():
+def test_train_configs_compose(compose_cfg):
     for option in ("kd", "lm", "kd_short"):
         cfg = compose_cfg(f"train={option}", config="train")
         assert cfg.train.name == option and cfg.train.optimizer._partial_
         assert cfg.export_dir.endswith(f"smollm2_135m/agnews/{option}")
 
 
-def test_cli_overrides_reach_the_module():
+def test_cli_overrides_reach_the_module(compose_cfg, tiny_llama):
     cfg = compose_cfg(
         "train=lm",
         "train.divergence=rkl",
@@ -162,7 +161,7 @@ def test_train_py_exports_a_draft_that_evaluate_and_transformers_load(tmp_path):
         ("ckpt_path=/nonexistent.ckpt", "no such checkpoint"),
     ],
 )
-def test_bad_train_settings_are_refused_before_loading_models(override, message):
+def test_bad_train_settings_are_refused_before_loading_models(compose_cfg, override, message):
     with pytest.raises(SpecfairError, match=re.escape(message)):
         check_train_cfg(compose_cfg(override, config="train"))
 

@@ -20,7 +20,9 @@ def predicted_block_efficiency(alpha: float | None, gamma: int) -> float | None:
     return float(gamma + 1) if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
 
 
-def predicted_speedup(alpha: float | None, gamma: int, c: float | None, verify_cost: float = 1.0) -> float | None:
+def predicted_speedup(
+    alpha: float | None, gamma: int, c: float | None, verify_cost: float = 1.0
+) -> float | None:
     """Leviathan et al. (2023, Thm 3.8): (1-α^(γ+1)) / ((1-α)(γc+1)), c = draft step / target step (seconds).
 
     `verify_cost` replaces the 1 with the measured cost of one (γ+1)-token verify pass in target steps (on a
