@@ -145,26 +145,39 @@ def test_every_bundled_dataset_runs_in_one_multirun(tmp_path):
     assert len(names["emotion"]["categories"]) == 6 and names["imdb"]["overall"]["prompts"] == 2
 
 
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (["spec.gamma=0"], "spec.gamma=0: must be >= 1"),
-        (["spec.max_new_tokens=0"], "spec.max_new_tokens=0: must be >= 1"),
-        (["spec.temperature=-1"], "spec.temperature=-1"),
-        (["spec.top_p=1.5"], "spec.top_p=1.5: must be in (0, 1]"),
-        (
-            ["dataset=local", "dataset.path=/nonexistent/rows.jsonl"],
-            "dataset file /nonexistent/rows.jsonl not found",
-        ),
-        (["dataset.text_field=body"], "no field 'body'; rows have fields"),
-        (["draft.num_layers=31"], "draft.num_layers=31 must be between 1"),
-        (["mode=fast"], "mode=fast: expected one of decode, replay"),
-        (["mode=replay", "spec.batch_size=0"], "spec.batch_size=0: must be >= 1"),
-        (["compare_to=/tmp"], "compare_to=/tmp: only a greedy replay"),
-        (["mode=replay", "paths.cache_dir=/proc/specfair"], "paths.cache_dir=/proc/specfair: cannot write"),
-    ],
-)
-def test_bad_input_is_one_line_and_leaves_no_results(tmp_path, overrides, message):
+BAD_INPUT = [
+    (["spec.gamma=0"], "spec.gamma=0: must be >= 1"),
+    (["spec.max_new_tokens=0"], "spec.max_new_tokens=0: must be >= 1"),
+    (["spec.temperature=-1"], "spec.temperature=-1"),
+    (["spec.top_p=1.5"], "spec.top_p=1.5: must be in (0, 1]"),
+    (
+        ["dataset=local", "dataset.path=/nonexistent/rows.jsonl"],
+        "dataset file /nonexistent/rows.jsonl not found",
+    ),
+    (["dataset.text_field=body"], "no field 'body'; rows have fields"),
+    (["draft.num_layers=31"], "draft.num_layers=31 must be between 1"),
+    (["mode=fast"], "mode=fast: expected one of decode, replay"),
+    (["mode=replay", "spec.batch_size=0"], "spec.batch_size=0: must be >= 1"),
+    (["compare_to=/tmp"], "compare_to=/tmp: only a greedy replay"),
+    (["mode=replay", "paths.cache_dir=/proc/specfair"], "paths.cache_dir=/proc/specfair: cannot write"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_INPUT)
+def test_bad_input_is_refused_with_a_message_naming_the_option(compose_cfg, tmp_path, overrides, message):
+    """In process (the CLI's one-line form is checked below): the error names the option and nothing is written."""
+    from specfair.errors import SpecfairError
+    from specfair.evaluation.run import evaluate
+
+    cfg = compose_cfg(*overrides, "logger=none", f"paths.output_dir={tmp_path}")
+    with pytest.raises(SpecfairError) as err:
+        evaluate(cfg)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "samples.jsonl").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [BAD_INPUT[0], BAD_INPUT[4]])
+def test_bad_input_on_the_command_line_is_one_line_and_leaves_no_results(tmp_path, overrides, message):
     result = run_evaluate(*overrides, "logger=none", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]

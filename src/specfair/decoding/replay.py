@@ -189,7 +189,7 @@ def expected_acceptance(
     for row, (prompt, c) in enumerate(zip(prompts, continuations, strict=True)):
         n = len(c.tokens)
         q = logits_to_probs(logits[row, len(prompt) - 1 : len(prompt) - 1 + n], temperature, top_k, top_p)
-        ids, p = c.top_ids.long()[1:], c.top_probs.float()[1:]
+        ids, p = c.top_ids.long()[1:].to(q.device), c.top_probs.float()[1:].to(q.device)
         beta = torch.minimum(p, q[1:].gather(-1, ids)).sum(-1)
         result.append(
             {
