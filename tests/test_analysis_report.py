@@ -179,6 +179,16 @@ def test_replay_of_other_prompts_is_not_paired(tmp_path):
     assert any("no fine-tuned partner" in u for u in report["unpaired"])
 
 
+def test_sampled_replay_runs_are_listed_not_paired(tmp_path):
+    """At temperature > 0 a replay holds expected_alpha only: comparing its (absent) counters would be nonsense."""
+    sampled = {"gamma": GAMMA, "max_new_tokens": 32, "temperature": 1.0}
+    write_run(tmp_path / "0_base", mode="replay", spec=sampled)
+    write_run(tmp_path / "1_tuned", draft=finetuned(), mode="replay", p_accept=0.6, spec=sampled)
+    report = build_report([tmp_path], tmp_path / "out")
+    assert report["comparisons"] == []
+    assert sum("expected_alpha only" in u for u in report["unpaired"]) == 2
+
+
 def test_speedup_of_untimed_prompts_is_undefined_not_zero():
     rng = np.random.default_rng(0)
     untimed = [sample(i, "a", 0.5, rng, timed=False) for i in range(4)]

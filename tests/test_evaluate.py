@@ -128,6 +128,18 @@ def test_replay_on_two_processes_equals_decoding_counter_for_counter(single_run,
     assert second["continuations_generated"] == 0 and second["draft_layers"] == 2
 
 
+def test_compare_to_a_different_decode_run_is_refused(single_run, compose_cfg, tmp_path):
+    from specfair.errors import SpecfairError
+    from specfair.evaluation.run import evaluate
+
+    out, _ = single_run
+    cfg = compose_cfg(*SMALL, "spec.gamma=2", "mode=replay", f"compare_to={out}", "logger=none",
+                      f"paths.output_dir={tmp_path}", f"paths.cache_dir={tmp_path / 'cache'}")  # fmt: skip
+    with pytest.raises(SpecfairError, match=f"compare_to={out}: that run differs from this one in 'spec'"):
+        evaluate(cfg)
+
+
+@pytest.mark.slow  # the bundled datasets load in test_data; multiruns run in test_report
 def test_every_bundled_dataset_runs_in_one_multirun(tmp_path):
     result = run_evaluate(
         "dataset=agnews,imdb,emotion,sst2,cnn_dm",

@@ -102,3 +102,22 @@ def test_states_are_replaced_not_written_in_place():
     metric.update(record("a", [1], [2], 2))
     assert before.sum() == 0 and metric.accepted is not before
     assert torch.equal(metric.accepted, torch.tensor([1.0, 0.0], dtype=torch.float64))
+
+
+def test_untimed_and_sampled_replay_records_give_none_never_zero_or_nonsense():
+    """Replay: no timing (wall times None); at temperature > 0 only the expectation, no counter ratios."""
+    greedy = CategoryAcceptance(["a"], gamma=3)
+    greedy.update({**record("a", [3, 1, 0], [3, 3, 2], 8), "wall_s": None, "baseline_wall_s": None,
+                   "baseline_new_tokens": 0, "draft_s": None})  # fmt: skip
+    g = greedy.compute()["overall"]
+    assert g["alpha"] == pytest.approx(4 / 6) and g["block_efficiency"] == pytest.approx(8 / 4)
+    assert g["wall_s"] is None and g["baseline_wall_s"] is None and g["speedup"] is None
+    assert g["tokens_per_s"] is None and g["expected_alpha"] is None
+    sampled = CategoryAcceptance(["a"], gamma=3)
+    sampled.update({**record("a", [], [], 32), "wall_s": None, "baseline_wall_s": None, "baseline_new_tokens": 0,
+                    "expected_accept_sum": 15.5, "expected_positions": 31})  # fmt: skip
+    s = sampled.compute()["overall"]
+    assert s["expected_alpha"] == pytest.approx(0.5)
+    assert s["expected_block_efficiency"] == pytest.approx((1 - 0.5**4) / 0.5)
+    assert s["expected_accepted_per_block"] == pytest.approx(s["expected_block_efficiency"] - 1)
+    assert s["block_efficiency"] is None and s["alpha"] is None and s["target_calls"] is None

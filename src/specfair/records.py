@@ -26,7 +26,7 @@ VERSION = 1
 # The glossary metrics the report compares (CIs, paired tests); every one is a ratio of summed counters.
 METRICS = ("alpha", "acceptance_rate", "block_efficiency", "speedup")
 # What W&B and tables show per category: the comparable metrics plus the two throughputs.
-LOGGED_METRICS = (*METRICS, "tokens_per_s", "baseline_tokens_per_s")
+LOGGED_METRICS = (*METRICS, "tokens_per_s", "baseline_tokens_per_s", "expected_alpha")
 # Per-prompt counters the metric sums (the DDP states); ratios are derived from their sums only.
 COUNTERS = (
     "prompts",
@@ -42,6 +42,7 @@ COUNTERS = (
     "baseline_wall_s",
     "expected_accept_sum",
     "expected_positions",
+    "timed_prompts",
 )
 
 

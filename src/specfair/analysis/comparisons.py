@@ -71,12 +71,23 @@ def pairing_mismatch(a: Mapping, b: Mapping) -> str | None:
     return None
 
 
+def holds_expectations_only(summary: Mapping) -> bool:
+    """A replay at temperature > 0 reports expected_alpha along target samples, not sampled counters."""
+    return summary.get("mode") == "replay" and (summary.get("spec") or {}).get("temperature", 0) > 0
+
+
 def pair_runs(runs: list[Run]) -> tuple[list[tuple[Run, Run]], list[str]]:
     """(base, fine-tuned) pairs, each fine-tuned run with the first base run it matches; and why others did not.
 
     A base run may serve several fine-tuned runs (one sweep: one base, many drafts).
     """
     pairs, unpaired, used = [], [], set()
+    expectation_only = [r for r in runs if holds_expectations_only(r.summary)]
+    unpaired += [
+        f"{r.dir} ({r.label}): a sampled replay holds expected_alpha only, no block counters to pair"
+        for r in expectation_only
+    ]
+    runs = [r for r in runs if not holds_expectations_only(r.summary)]
     for tuned in [r for r in runs if r.label != "base"]:
         bases = [b for b in runs if b.label == "base" and b.dataset == tuned.dataset]
         matching = [b for b in bases if pairing_mismatch(b.summary, tuned.summary) is None]

@@ -57,6 +57,7 @@ class CategoryAcceptance(Metric):
         values = {name: float(record.get(name) or 0.0) for name in COUNTERS}  # no baseline: 0 target tokens
         values["prompts"] = 1.0
         values["draft_steps"] = float(sum(record["proposed_lengths"]))
+        values["timed_prompts"] = float(record.get("wall_s") is not None)
         for name, value in values.items():
             delta = torch.zeros_like(getattr(self, name))
             delta[index] = value
@@ -70,16 +71,19 @@ class CategoryAcceptance(Metric):
         self.position_trials = self.position_trials + trials
 
     def _group(self, mask: torch.Tensor) -> dict:
+        """Glossary values of the categories in `mask`; None wherever a ratio is undefined or not measured."""
         s = {name: float(getattr(self, name)[mask].sum()) for name in COUNTERS}
+        counted = s["expected_positions"] == 0  # a sampled replay holds expectations, not block counters
+        timed = s["timed_prompts"] > 0
         hits = self.position_hits[mask].sum(0).tolist()
         trials = self.position_trials[mask].sum(0).tolist()
         target_calls = s["prompts"] + s["blocks"]
-        alpha = ratio(s["accepted"], s["accepted"] + s["rejections"])
+        alpha = ratio(s["accepted"], s["accepted"] + s["rejections"]) if counted else None
         draft_step = ratio(s["draft_s"], s["draft_steps"])
         target_step = ratio(s["baseline_wall_s"], s["baseline_new_tokens"])
         c = ratio(draft_step, target_step) if draft_step is not None and target_step else None
-        tau = predicted_block_efficiency(alpha, self.gamma)
         expected_alpha = ratio(s["expected_accept_sum"], s["expected_positions"])
+        expected_tau = predicted_block_efficiency(expected_alpha, self.gamma)
         return {
             "prompts": int(s["prompts"]),
             "new_tokens": int(s["new_tokens"]),
@@ -87,22 +91,23 @@ class CategoryAcceptance(Metric):
             "accepted": int(s["accepted"]),
             "blocks": int(s["blocks"]),
             "rejections": int(s["rejections"]),
-            "target_calls": int(target_calls),
-            "acceptance_rate": ratio(s["accepted"], s["proposed"]),
+            "target_calls": int(target_calls) if counted else None,
+            "acceptance_rate": ratio(s["accepted"], s["proposed"]) if counted else None,
             "alpha": alpha,
-            "block_efficiency": ratio(s["new_tokens"], target_calls),
+            "block_efficiency": ratio(s["new_tokens"], target_calls) if counted else None,
             "position_acceptance": [ratio(h, t) for h, t in zip(hits, trials, strict=True)],
             "speedup": ratio(s["baseline_wall_s"], s["wall_s"]) if s["baseline_new_tokens"] > 0 else None,
             "tokens_per_s": ratio(s["new_tokens"], s["wall_s"]),
             "baseline_tokens_per_s": ratio(s["baseline_new_tokens"], s["baseline_wall_s"]),
-            "wall_s": s["wall_s"],
-            "baseline_wall_s": s["baseline_wall_s"],
+            "wall_s": s["wall_s"] if timed else None,  # replay: not timed, never 0
+            "baseline_wall_s": s["baseline_wall_s"] if timed and s["baseline_new_tokens"] > 0 else None,
             "draft_target_cost_ratio": c,
-            "predicted_block_efficiency": tau,
+            "predicted_block_efficiency": predicted_block_efficiency(alpha, self.gamma),
             "predicted_speedup": predicted_speedup(alpha, self.gamma, c),
-            # replay at temperature > 0: an expectation along target samples, not a sampled counter
+            # replay at temperature > 0: expectations along target samples, not sampled counters
             "expected_alpha": expected_alpha,
-            "expected_block_efficiency": predicted_block_efficiency(expected_alpha, self.gamma),
+            "expected_block_efficiency": expected_tau,  # tau: 1 + expected accepted tokens per block
+            "expected_accepted_per_block": expected_tau - 1 if expected_tau is not None else None,
         }
 
     def compute(self) -> dict:

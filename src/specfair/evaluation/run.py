@@ -11,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from specfair.analysis.comparisons import pairing_mismatch
 from specfair.data.prompts import tokenize_prompts, train_text
 from specfair.data.rows import Prompt
 from specfair.data.splits import build_splits
@@ -61,7 +62,7 @@ def check_mode(cfg: DictConfig, spec: dict) -> str:
     mode = str(cfg.get("mode", "decode"))
     if mode not in MODES:
         raise SpecfairError(f"mode={mode}: expected one of {', '.join(MODES)}")
-    if int(spec.get("batch_size") or 0) < 1:
+    if mode == "replay" and int(spec.get("batch_size") or 0) < 1:
         raise SpecfairError(
             f"spec.batch_size={spec.get('batch_size')}: must be >= 1 (prompts per replay batch)"
         )
@@ -136,22 +137,31 @@ def continuation_cache(cfg: DictConfig, pair: Pair, spec: dict) -> ContinuationC
     return ContinuationCache(root, settings)
 
 
-def reference_records(path) -> dict | None:
-    """A decode run's records by prompt id, to count replay_mismatches against."""
+def reference_records(path, meta: dict) -> dict | None:
+    """A decode run's records by prompt id, to count replay_mismatches against; it must be the same
+    evaluation (prompts, pair, draft, decoding settings, seed) or every prompt would count as a mismatch."""
     if not path:
         return None
     summary = load_summary(path)
     if summary.mode != "decode":
         raise SpecfairError(f"compare_to={path}: a {summary.mode} run, expected a decode run")
+    differs = pairing_mismatch(summary, meta) or ("draft" if summary.draft != meta["draft"] else None)
+    if differs:
+        raise SpecfairError(f"compare_to={path}: that run differs from this one in {differs!r}")
     return {r.id: r for r in load_samples(path)}
 
 
 def build_module(cfg, mode, pair, prompts, splits, spec, trainer):
+    if len(prompts) < trainer.world_size:  # an empty shard would leave the other ranks waiting forever
+        raise SpecfairError(
+            f"{len(prompts)} prompts for {trainer.world_size} processes: raise dataset.per_category "
+            "or lower trainer.devices"
+        )
     meta = run_meta(cfg, mode, splits, prompts, pair, spec, trainer.world_size)
     common = (pair, prompts, splits.categories, spec, int(cfg.seed), Path(cfg.paths.output_dir), meta)
     if mode == "replay":
         cache = continuation_cache(cfg, pair, spec)
-        return ReplayModule(*common, cache=cache, reference=reference_records(cfg.get("compare_to")))
+        return ReplayModule(*common, cache=cache, reference=reference_records(cfg.get("compare_to"), meta))
     return DecodeModule(*common, baseline=meta["baseline"])
 
 

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
+from specfair import records
+
 
 class ExpectedAlpha(Metric):
     """Per-category teacher-forced acceptance estimate and greedy agreement, as summed states.
@@ -56,8 +58,9 @@ class ExpectedAlpha(Metric):
     def compute(self) -> dict[str, float]:
         """{"expected_alpha", "greedy_agreement"} overall and as "<name>/<category>", each in [0, 1]."""
 
-        def ratio(a, n):
-            return float(a / n) if n > 0 else float("nan")
+        def ratio(a, n):  # Lightning logs floats only: NaN where records.ratio is undefined (None)
+            value = records.ratio(float(a), float(n))
+            return float("nan") if value is None else value
 
         out = {
             "expected_alpha": ratio(self.alpha_sum.sum(), self.positions.sum()),
