@@ -181,3 +181,24 @@ def test_real_pair_replay_equals_decoding_on_64_bundled_prompts(real_pair, tmp_p
         assert out[0].tolist() == y
         decoded = stats.as_dict()
         assert {k: counters[k] for k in COUNTERS} == {k: decoded[k] for k in COUNTERS}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_replay_equals_the_engine_on_cuda(tiny_pair):
+    """The same exactness on a GPU (float32), and the sampled expectation runs with every tensor on the device."""
+    from specfair.decoding.replay import expected_acceptance
+
+    target, draft = (copy.deepcopy(m).to("cuda") for m in tiny_pair)
+    prompts, eos = random_prompts(32, 12, seed=7), frozenset({3})
+    ys = [c.tokens for c in generate_batch(target, prompts, max_new_tokens=19, vocab=12, eos=eos)]
+    replayed = replay_greedy(draft, prompts, ys, gamma=4, max_new_tokens=19, vocab=12, eos=eos)
+    for prompt, y, counters in zip(prompts, ys, replayed, strict=True):
+        ids = torch.tensor([prompt], device="cuda")
+        out, stats = speculative_generate(target, draft, ids, gamma=4, max_new_tokens=19, eos_token_id=3)
+        assert out[0].tolist() == y
+        assert {k: counters[k] for k in COUNTERS} == {k: stats.as_dict()[k] for k in COUNTERS}
+    gens = [torch.Generator(device="cuda").manual_seed(i) for i in range(4)]
+    conts = generate_batch(target, prompts[:4], max_new_tokens=6, vocab=12, eos=frozenset(), temperature=1.0,
+                           generators=gens)  # fmt: skip
+    same = expected_acceptance(target, prompts[:4], conts, vocab=12, temperature=1.0, top_k=None, top_p=None)
+    assert all(s["expected_accept_sum"] == pytest.approx(s["expected_positions"], abs=1e-4) for s in same)
