@@ -124,7 +124,9 @@ class DecodeModule(EvalModule):
     def predict_step(self, batch: list[int], batch_idx: int):
         (index,) = batch
         ids = torch.tensor([self.prompts[index].input_ids], device=self.device)
-        order = (False, True) if index % 2 == 0 else (True, False)  # alternate to cancel drift
+        # alternate per rank (its own batch count): on the global index, each of an even number of ranks would
+        # always run the same method first
+        order = (False, True) if batch_idx % 2 == 0 else (True, False)
         if not self.baseline:  # acceptance only: no target-alone run, so no speedup and no lossless check
             order = (True,)
         runs = {spec: self._generate(ids, index, spec, self.spec["max_new_tokens"]) for spec in order}
