@@ -5,8 +5,9 @@
 - `TrainSummary`: `train_summary.json` beside an exported draft (what it was trained on and how).
 
 Each is a dataclass (attribute access, a field list a reader can trust) that is also a read-only Mapping, so the
-statistics code can take plain dicts and records alike. Files carry `version`; a reader refuses a newer version
-in one line and fills fields an older file lacks with their defaults. No torch here: the analysis layer reads
+statistics code can take plain dicts and records alike. `summary.json` and `train_summary.json` carry `version`
+(samples.jsonl rows go with their run's summary); a reader refuses a newer version in one line and fills fields
+an older file lacks with their defaults. No torch here: the analysis layer reads
 these without loading a model.
 """
 
@@ -106,6 +107,8 @@ class Record(Mapping):
             raise SpecfairError(f"{source}: {cls.kind} lacks field(s) {', '.join(missing)}")
         known = {k: v for k, v in data.items() if k in names and k != "extra"}
         extra = {k: v for k, v in data.items() if k not in names}
+        if "version" in names:
+            known["version"] = version  # as read (0: written before records were versioned)
         record = cls(**known)
         if "extra" in names:
             record.extra = {**(data.get("extra") or {}), **extra}
