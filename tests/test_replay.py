@@ -202,3 +202,14 @@ def test_replay_equals_the_engine_on_cuda(tiny_pair):
                            generators=gens)  # fmt: skip
     same = expected_acceptance(target, prompts[:4], conts, vocab=12, temperature=1.0, top_k=None, top_p=None)
     assert all(s["expected_accept_sum"] == pytest.approx(s["expected_positions"], abs=1e-4) for s in same)
+
+
+def test_a_sliding_window_draft_longer_than_its_window_is_refused():
+    """Replay reuses full-length KV caches; a sliding-window layer keeps fewer positions, so it must refuse."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(vocab_size=12, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=4)  # fmt: skip
+    draft = MistralForCausalLM(config).eval()
+    with pytest.raises(SpecfairError, match="4-token sliding window.*use mode=decode"):
+        replay_greedy(draft, [[1, 2, 3]], [[4, 5, 6]], gamma=2, max_new_tokens=3, vocab=12, eos=frozenset())

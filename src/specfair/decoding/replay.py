@@ -18,6 +18,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from specfair.decoding.engine import cache_kwarg, logits_to_probs
+from specfair.errors import SpecfairError
 
 
 @dataclass
@@ -104,6 +105,12 @@ def teacher_forced(draft: PreTrainedModel, sequences: list[list[int]], vocab: in
     Right padding leaves every real position's inputs unchanged under causal attention, so no mask is needed.
     """
     width = max(len(s) for s in sequences)
+    window = getattr(draft.config, "sliding_window", None)
+    if window and getattr(draft.config, "use_sliding_window", True) and width > window:
+        raise SpecfairError(
+            f"mode=replay: the draft attends through a {window}-token sliding window and a prompt plus its "
+            f"continuation has {width} tokens; replay reuses full-length KV caches, so use mode=decode"
+        )
     ids = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, s in enumerate(sequences):
         ids[i, : len(s)] = torch.tensor(s)

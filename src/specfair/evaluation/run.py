@@ -125,8 +125,11 @@ def continuation_cache(cfg: DictConfig, pair: Pair, spec: dict) -> ContinuationC
     root = cfg.paths.get("cache_dir")
     if not root:
         return None
+    config = pair.target.config.to_json_string(use_diff=False)
     settings = {
         "target": weights_fingerprint(pair.target),
+        "config": hashlib.sha1(config.encode()).hexdigest()[:20],  # rope scaling, norms: not in the weights
+        "device": pair.target.device.type,  # kernels differ: near-ties may break differently on GPU and CPU
         "dtype": str(pair.target.dtype),
         "vocab": pair.vocab_size,
         "eos": sorted(pair.tokenizer.eos_token_id if isinstance(pair.tokenizer.eos_token_id, list)
