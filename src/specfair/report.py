@@ -18,6 +18,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
+
 from specfair import tracking
 from specfair.analysis import comparisons as cmp
 from specfair.analysis import imbalance, plots, tables, transfer
@@ -156,7 +158,7 @@ def markdown(report: dict) -> str:
 # --- entry points --------------------------------------------------------------------------------------------
 
 
-class ReportCallback:
+class ReportCallback(Callback):
     """Hydra callback: write the report into the sweep folder when a multirun ends."""
 
     def __init__(self, enabled: bool = True):
