@@ -30,18 +30,9 @@ from rich.table import Table
 from specfair import ROOT
 from specfair.decoding.continuations import ContinuationCache, continuations, weights_fingerprint
 from specfair.decoding.engine import autoregressive_generate, eos_set, speculative_generate
+from specfair.decoding.replay import REPLAYED_COUNTERS as COUNTERS
 from specfair.decoding.replay import replay_greedy
 from specfair.models import EMBEDDED, load_model, load_tokenizer, truncated_draft
-
-COUNTERS = (
-    "new_tokens",
-    "proposed",
-    "accepted",
-    "blocks",
-    "rejections",
-    "accept_lengths",
-    "proposed_lengths",
-)
 
 
 def parse_args(argv=None):

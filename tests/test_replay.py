@@ -7,18 +7,9 @@ import torch
 
 from specfair.decoding.continuations import ContinuationCache, continuations, generate_batch
 from specfair.decoding.engine import autoregressive_generate, speculative_generate
+from specfair.decoding.replay import REPLAYED_COUNTERS as COUNTERS
 from specfair.decoding.replay import Block, proposed_length, replay_greedy, teacher_forced, walk_blocks
 from specfair.errors import SpecfairError
-
-COUNTERS = (
-    "new_tokens",
-    "proposed",
-    "accepted",
-    "blocks",
-    "rejections",
-    "accept_lengths",
-    "proposed_lengths",
-)
 
 
 @pytest.fixture(scope="module")

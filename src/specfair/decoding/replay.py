@@ -20,6 +20,17 @@ from transformers import DynamicCache, PreTrainedModel
 from specfair.decoding.engine import cache_kwarg, logits_to_probs
 from specfair.errors import SpecfairError
 
+# the per-prompt counters replay reproduces exactly (DecodeStats / samples.jsonl names)
+REPLAYED_COUNTERS = (
+    "new_tokens",
+    "proposed",
+    "accepted",
+    "blocks",
+    "rejections",
+    "accept_lengths",
+    "proposed_lengths",
+)
+
 
 @dataclass
 class Block:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from specfair.data.rows import Prompt
 from specfair.decoding.continuations import ContinuationCache, continuations, prompt_generator
 from specfair.decoding.engine import autoregressive_generate, eos_set, now, speculative_generate
-from specfair.decoding.replay import expected_acceptance, replay_greedy
+from specfair.decoding.replay import REPLAYED_COUNTERS, expected_acceptance, replay_greedy
 from specfair.evaluation.acceptance import CategoryAcceptance
 from specfair.models import Pair
 from specfair.records import RunSummary, SampleRecord, save_run
@@ -199,8 +199,7 @@ class ReplayModule(EvalModule):
         return int(total)
 
 
-REPLAYED = ("output_ids", "new_tokens", "proposed", "accepted", "blocks", "rejections", "accept_lengths",
-            "proposed_lengths")  # fmt: skip
+REPLAYED = ("output_ids", *REPLAYED_COUNTERS)
 
 
 def replay_mismatches(records: list[SampleRecord], reference: dict) -> int:
