@@ -16,7 +16,7 @@ from specfair.data.prompts import tokenize_prompts, train_text
 from specfair.data.rows import Prompt
 from specfair.data.splits import build_splits
 from specfair.decoding.continuations import ContinuationCache, weights_fingerprint
-from specfair.decoding.engine import check_generation_args
+from specfair.decoding.engine import check_generation_args, eos_set
 from specfair.errors import SpecfairError
 from specfair.evaluation.module import DecodeModule, ReplayModule
 from specfair.models import Pair, load_pair
@@ -132,8 +132,7 @@ def continuation_cache(cfg: DictConfig, pair: Pair, spec: dict) -> ContinuationC
         "device": pair.target.device.type,  # kernels differ: near-ties may break differently on GPU and CPU
         "dtype": str(pair.target.dtype),
         "vocab": pair.vocab_size,
-        "eos": sorted(pair.tokenizer.eos_token_id if isinstance(pair.tokenizer.eos_token_id, list)
-                      else [pair.tokenizer.eos_token_id]),
+        "eos": sorted(eos_set(pair.tokenizer.eos_token_id)),
         **{k: spec.get(k) for k in ("max_new_tokens", "temperature", "top_k", "top_p")},
         "seed": int(cfg.seed) if spec["temperature"] > 0 else None,
     }  # fmt: skip
