@@ -20,11 +20,12 @@ def task(cfg: DictConfig) -> dict | None:
     if summary is None:  # not rank 0
         return None
     Console(width=max(Console().width, 100)).print(summary_table(summary))
+    if cfg.train.get("data") == "generalist":
+        draft = f"draft=generalist draft.recipe={cfg.train.name} draft.seed={cfg.seed}"
+    else:
+        draft = f"draft=finetuned draft.train_name={cfg.train.name} draft.start={cfg.draft.name} draft.seed={cfg.seed}"
     log.info(
-        "evaluate it with: python evaluate.py dataset=%s pair=%s draft=finetuned draft.train_name=%s",
-        cfg.dataset.name,
-        cfg.pair.name,
-        cfg.train.name,
+        "evaluate it with: python evaluate.py dataset=%s pair=%s %s", cfg.dataset.name, cfg.pair.name, draft
     )
     return summary.val_after
 

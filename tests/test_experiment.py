@@ -24,32 +24,49 @@ def planned(compose_cfg):
     return make
 
 
-def test_q1_trains_each_dataset_and_evaluates_base_and_finetuned_on_it(planned):
+def test_q1_starts_from_the_generalist_with_two_arms_three_seeds_and_a_control(planned):
     steps = planned("q1")
     trainings = [s for s in steps if s.kind == "train"]
+    labels = [s.label for s in trainings]
+    assert labels[0] == "generalist"  # every other draft starts from it, so it is made first
+    assert len(trainings) == 1 + 3 * 2 * 3 + 3
+    assert {"agnews/lm_short@generalist", "imdb/kd_short@generalist/seed2", "control/seed1"} <= set(labels)
+    assert [s.info["seed"] for s in trainings[1:]] == sorted(
+        s.info["seed"] for s in trainings[1:]
+    )  # seed-major
+    exports = [s.info["export_dir"].as_posix() for s in trainings]
+    assert len(set(exports)) == len(exports)  # no two seeds, arms or starts share an export
+    assert "/tmp/specfair-plan/ckpts/smollm2_135m/imdb/kd_short/from-generalist/seed2" in exports
+    assert "/tmp/specfair-plan/ckpts/smollm2_135m/generalist/control/seed1" in exports
+    # each training is followed by its evaluations: an experiment stopped part-way has whole sets
+    first = steps.index(trainings[1])
+    assert steps[first + 1].kind == "evaluate" and steps[first + 1].needs == trainings[1].label
     evaluations = [s for s in steps if s.kind == "evaluate"]
-    assert [s.label for s in trainings] == ["agnews/kd_short", "imdb/kd_short", "cnn_dm/kd_short"]
-    assert [s.label for s in evaluations] == [
-        "agnews: base",
-        "agnews: agnews/kd_short",
-        "imdb: base",
-        "imdb: imdb/kd_short",
-        "cnn_dm: base",
-        "cnn_dm: cnn_dm/kd_short",
-    ]
-    # the export the training writes is the folder draft=finetuned would load
-    t = trainings[1]
-    assert t.info["export_dir"].as_posix() == "/tmp/specfair-plan/ckpts/smollm2_135m/imdb/kd_short"
-    assert "draft.path=/tmp/specfair-plan/ckpts/smollm2_135m/imdb/kd_short/draft" in evaluations[3].overrides
+    imdb = sorted(s.label for s in evaluations if s.info.get("dataset", s.label.split(":")[0]) == "imdb")
+    assert "imdb: base" in imdb and "imdb: generalist" in imdb and "imdb: control/seed2" in imdb
+    assert not any(s.label.startswith("imdb: agnews/") for s in evaluations)  # q1: own dataset only
+    tuned = next(s for s in evaluations if s.label == "imdb: imdb/kd_short@generalist/seed2")
+    assert (
+        "draft.path=/tmp/specfair-plan/ckpts/smollm2_135m/imdb/kd_short/from-generalist/seed2/draft"
+        in tuned.overrides
+    )
+    assert {"draft.start=generalist", "draft.seed=2", "mode=replay", "dataset.per_category=64"} <= set(
+        tuned.overrides
+    )
+    control = next(s for s in evaluations if s.label == "imdb: control/seed1")
+    assert {"draft=generalist", "draft.recipe=control", "draft.seed=1"} <= set(control.overrides)
     assert all("logger.group=q1" in e.overrides for e in evaluations)
 
 
 def test_transfer_evaluates_every_draft_on_every_dataset(planned):
     steps = planned("transfer")
     evaluations = [s for s in steps if s.kind == "evaluate"]
-    assert len(evaluations) == 5 * (1 + 3)
+    assert len(evaluations) == 6 * (1 + 1 + 18 + 3)  # base, generalist, 18 fine-tuned, 3 controls
     cells = {(s.needs, s.info["dataset"]) for s in evaluations if s.needs}
-    assert ("agnews/kd_short", "emotion") in cells and ("cnn_dm/kd_short", "sst2") in cells
+    assert ("agnews/kd_short@generalist", "emotion") in cells and (
+        "cnn_dm/lm_short@generalist/seed1",
+        "debian",
+    ) in cells
     assert all("mode=replay" in s.overrides for s in evaluations)
 
 
@@ -71,7 +88,7 @@ def test_q2_gives_each_mix_its_own_checkpoint_and_keeps_evaluation_balanced(plan
 
 
 def test_a_checkpoint_trained_with_other_settings_is_refused(planned, tmp_path):
-    step = planned("q1", tmp=str(tmp_path))[0]
+    step = next(s for s in planned("q1", tmp=str(tmp_path)) if s.label == "agnews/kd_short@generalist")
     export = step.info["export_dir"]
     assert not trained_already(step)
     (export / "draft").mkdir(parents=True)
@@ -147,12 +164,12 @@ def test_tiny_transfer_experiment_reports_the_runs_numbers_and_missing_cells(tin
 
     report = json.loads((tmp / "exp" / "report.json").read_text())
     m = report["transfer"]
-    assert m["rows"] == ["base", "agnews/kd", "sst2/kd"]
+    assert m["rows"] == ["base", "agnews/kd/seed2", "sst2/kd/seed2"]  # seed=2: named in every label
     assert m["columns"] == ["agnews", "imdb"]
     summaries = {
         d.name: json.loads((d / "summary.json").read_text()) for d in (tmp / "exp" / "evaluate").iterdir()
     }
-    for row, key in (("base", "base"), ("agnews/kd", "agnews__kd")):
+    for row, key in (("base", "base"), ("agnews/kd/seed2", "agnews__kd__seed2")):
         for dataset in ("agnews", "imdb"):
             run = f"{dataset}__base" if row == "base" else f"{dataset}__{key}"
             alpha = summaries[run]["overall"]["alpha"]
@@ -162,21 +179,21 @@ def test_tiny_transfer_experiment_reports_the_runs_numbers_and_missing_cells(tin
                 assert m["delta"][row][dataset]["value"] == pytest.approx(alpha - base)
                 assert m["delta"][row][dataset]["low"] <= m["delta"][row][dataset]["high"]
     # the drafts differ, so the checks above mean something
-    assert m["alpha"]["agnews/kd"] != m["alpha"]["base"]
+    assert m["alpha"]["agnews/kd/seed2"] != m["alpha"]["base"]
     # mode=replay: exact counters, no timing, so no speedup and no lossless check rather than made-up ones
     assert summaries["imdb__base"]["mode"] == "replay"
     assert summaries["imdb__base"]["overall"]["speedup"] is None
     assert summaries["imdb__base"]["lossless_mismatches"] is None
     assert report["comparisons"][0]["overall"]["gain"]["speedup"]["value"] is None
     assert "speedup not timed" in report["comparisons"][0]["q1_sentence"]
-    trained = summaries["imdb__agnews__kd"]["draft_training"]
+    trained = summaries["imdb__agnews__kd__seed2"]["draft_training"]
     assert trained["dataset"] == "agnews" and trained["objective"] == "kd" and trained["steps"] == 3
     # the failed draft's cells are missing, never zero
-    assert m["alpha"]["sst2/kd"] == {"agnews": None, "imdb": None}
-    assert m["missing"] == [["sst2/kd", "agnews"], ["sst2/kd", "imdb"]]
+    assert m["alpha"]["sst2/kd/seed2"] == {"agnews": None, "imdb": None}
+    assert m["missing"] == [["sst2/kd/seed2", "agnews"], ["sst2/kd/seed2", "imdb"]]
     assert set(m["categories"]["imdb"]) == {"neg", "pos"}
     md = (tmp / "exp" / "report.md").read_text()
-    assert "## Transfer matrix" in md and "| sst2/kd | missing | missing |" in md
+    assert "## Transfer matrix" in md and "| sst2/kd/seed2 | missing | missing |" in md
     assert any(s.startswith("In domain, alpha changed by") for s in m["sentences"])
     with open(m["plot"], "rb") as f:
         png = f.read()

@@ -13,7 +13,7 @@ from specfair.training.datamodule import DraftDataModule, TrainTexts, sampling_w
 class WordTokenizer:
     """A stand-in for the pair's tokenizer: one id per whitespace-separated word (stable across runs)."""
 
-    pad_token_id = None
+    pad_token_id = eos_token_id = None
 
     def __call__(self, text, add_special_tokens=False):
         return {"input_ids": [1 + sum(map(ord, w)) % 997 for w in text.split()]}
@@ -63,6 +63,7 @@ def test_datamodule_from_the_composed_config(compose_cfg, word_tokenizer):
         "train.batch_size=3",
         "train.max_length=7",
         "train.sampling=balanced",
+        "train.validate_on=text",
         config="train",
     )
     data = instantiate(cfg.datamodule, tokenizer=word_tokenizer)
@@ -75,3 +76,22 @@ def test_datamodule_from_the_composed_config(compose_cfg, word_tokenizer):
     assert set(texts.train_counts) == set(data.categories)
     batch = next(iter(data.val_dataloader()))
     assert batch["input_ids"].shape[0] == 3 and batch["attention_mask"].shape == batch["input_ids"].shape
+
+
+def test_validation_on_the_targets_continuations_of_the_held_out_prompts(
+    compose_cfg, word_tokenizer, tiny_llama
+):
+    """What evaluation measures: each held-out prompt (as evaluation cuts it) + the target's greedy continuation,
+    counted on the continuation only; with train.data=target the training texts are made the same way."""
+    cfg = compose_cfg("dataset.per_category=2", "dataset.prompt_tokens=6", "train.corpus.max_new_tokens=5",
+                      "paths.cache_dir=null", "train.data=target", config="train")  # fmt: skip
+    target = tiny_llama(0, vocab=1000)
+    data = instantiate(cfg.datamodule, tokenizer=word_tokenizer, target=target, vocab=1000)
+    data.setup("fit")
+    texts = data.texts
+    assert len(texts.val_ids) == 8 and all(len(ids) == 6 + 5 for ids in texts.val_ids)
+    assert all(m.tolist() == [False] * 6 + [True] * 5 for m in texts.val_taught)
+    assert texts.train_teacher is not None and len(texts.train_teacher) == len(texts.train_ids)
+    assert all(t.taught.sum() == 5 for t in texts.train_teacher) and "continuations" in texts.source
+    batch = next(iter(data.val_dataloader()))
+    assert batch["taught"].shape == batch["input_ids"].shape

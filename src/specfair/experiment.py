@@ -90,10 +90,15 @@ def compose(config: str, overrides: list[str]) -> DictConfig:
 
 
 def plan(cfg: DictConfig, exp_dir: Path) -> list[Step]:
-    """Training steps (one per grid point), then evaluation steps (base + each draft on each dataset)."""
+    """The base draft's evaluations, then each training (one per grid point) followed by its evaluations, so
+    an experiment stopped part-way leaves complete (draft, evaluations) sets."""
     common = list(cfg.get("overrides") or []) + [f"paths.ckpt_dir={cfg.paths.ckpt_dir}"]
     trainings = training_steps(cfg, exp_dir, common)
-    return trainings + evaluation_steps(cfg, exp_dir, common, trainings)
+    evaluations = evaluation_steps(cfg, exp_dir, common, trainings)
+    ordered = [e for e in evaluations if e.needs is None]
+    for t in trainings:
+        ordered += [t, *(e for e in evaluations if e.needs == t.label)]
+    return ordered
 
 
 def training_steps(cfg: DictConfig, exp_dir: Path, common: list[str]) -> list[Step]:
@@ -104,37 +109,62 @@ def training_steps(cfg: DictConfig, exp_dir: Path, common: list[str]) -> list[St
     for point in grid_points(exp.train):
         overrides = [*common, *train_base, *as_overrides(point)]
         composed = compose("train", overrides)
-        dataset, train_name = composed.dataset.name, composed.train.name
+        general = composed.train.get("data") == "generalist"  # no dataset: evaluated on every dataset
+        dataset = "generalist" if general else composed.dataset.name
+        train_name, start, seed = composed.train.name, composed.draft.name, int(composed.seed)
         variant = variant_name(point) if exp.train.get("variants") else None
         if variant:
             export = Path(cfg.paths.ckpt_dir, composed.pair.name, dataset, exp.name, variant)
             overrides.append(f"export_dir={export}")
         else:
             export = Path(composed.export_dir)
-        label = f"{dataset}/{train_name}" + (f"/{variant}" if variant else "")
+        # the label is the draft's row in the report (comparisons.draft_label): one name everywhere
+        if general:
+            label = "generalist" if train_name == "generalist" else train_name
+        else:
+            label = f"{dataset}/{train_name}" + (f"/{variant}" if variant else "")
+            label += f"@{start}" if start != "base" else ""
+        label += f"/seed{seed}" if seed and not variant else ""  # a variant's name holds its seed already
         info = {
             "dataset": dataset,
             "train_name": train_name,
             "variant": variant,
+            "start": start,
+            "seed": seed,
             "export_dir": export,
             "train": OmegaConf.to_container(composed.train, resolve=True),
-            "imbalance": OmegaConf.to_container(composed.dataset.imbalance, resolve=True),
+            "imbalance": None
+            if general
+            else OmegaConf.to_container(composed.dataset.imbalance, resolve=True),
         }
         trainings.append(
             Step("train", label, overrides, exp_dir / "train" / label.replace("/", "__"), info=info)
         )
-    return trainings
+    # drafts others start from (trained from base) first, then seed by seed: a run stopped part-way has
+    # every arm at the first seeds rather than every seed of the first arm
+    return sorted(trainings, key=lambda t: (t.info["start"] != "base", t.info["seed"]))
 
 
 def finetuned_draft(t: Step) -> list[str]:
     """evaluate.py overrides that load the draft a training step exports."""
+    path = f"draft.path={t.info['export_dir'] / 'draft'}"
+    if t.info["dataset"] == "generalist":
+        return [
+            "draft=generalist",
+            f"draft.recipe={t.info['train_name']}",
+            f"draft.seed={t.info['seed']}",
+            path,
+        ]
     draft = [
         "draft=finetuned",
         f"draft.trained_on={t.info['dataset']}",
         f"draft.train_name={t.info['train_name']}",
-        f"draft.path={t.info['export_dir'] / 'draft'}",
+        f"draft.start={t.info['start']}",
+        path,
     ]
-    return draft + ([f"draft.variant={t.info['variant']}"] if t.info["variant"] else [])
+    return draft + (
+        [f"draft.variant={t.info['variant']}"] if t.info["variant"] else [f"draft.seed={t.info['seed']}"]
+    )
 
 
 def evaluation_steps(cfg: DictConfig, exp_dir: Path, common: list[str], trainings: list[Step]) -> list[Step]:
@@ -144,7 +174,8 @@ def evaluation_steps(cfg: DictConfig, exp_dir: Path, common: list[str], training
     eval_common = [*common, *as_overrides(plain(ev.get("overrides"), {})), f"logger.group={exp.name}"]
     on = ev.get("datasets", "trained")  # "trained": each draft on its own dataset; a list: all on each
     on = on if isinstance(on, str) else plain(on, [])
-    datasets = list(dict.fromkeys(t.info["dataset"] for t in trainings)) if on == "trained" else on
+    own = [t.info["dataset"] for t in trainings if t.info["dataset"] != "generalist"]
+    datasets = list(dict.fromkeys(own)) if on == "trained" else on
     evaluations = []
     for dataset in datasets:
         if ev.get("base", True):
@@ -153,7 +184,7 @@ def evaluation_steps(cfg: DictConfig, exp_dir: Path, common: list[str], training
                 Step("evaluate", f"{dataset}: base", overrides, exp_dir / "evaluate" / f"{dataset}__base")
             )
         for t in trainings:
-            if on == "trained" and t.info["dataset"] != dataset:
+            if on == "trained" and t.info["dataset"] not in (dataset, "generalist"):
                 continue
             folder = exp_dir / "evaluate" / f"{dataset}__{t.label.replace('/', '__')}"
             overrides = [*eval_common, f"dataset={dataset}", *finetuned_draft(t)]
@@ -180,8 +211,8 @@ def trained_already(step: Step) -> bool:
     wanted = {"train": step.info["train"], "imbalance": step.info["imbalance"]}
     found = {"train": summary.train, "imbalance": summary.data.get("imbalance")}
     for key in ("train", "imbalance"):
-        if found[key] is None and key == "imbalance":
-            continue  # made before train_summary recorded the imbalance settings
+        if (found[key] is None or wanted[key] is None) and key == "imbalance":
+            continue  # made before train_summary recorded the imbalance settings, or no dataset (generalist)
         differ = sorted(
             k for k in set(wanted[key]) | set(found[key]) if wanted[key].get(k) != found[key].get(k)
         )

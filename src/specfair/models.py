@@ -176,9 +176,14 @@ def check_finetuned(path: Path, pair_cfg, draft_cfg) -> None:
     """A fine-tuned draft must exist and belong to this pair (train_summary.json sits beside it)."""
     if not (path / "config.json").is_file():
         hint = ""
-        if draft_cfg.get("trained_on"):
+        if draft_cfg.get("name") == "generalist":
+            recipe = draft_cfg.get("recipe", "generalist")
+            hint = f": make it with `python train.py train={recipe} seed={draft_cfg.get('seed', 0)} pair={pair_cfg.name}"
+            hint += " draft=generalist`" if recipe != "generalist" else "` (or `make generalist`)"
+        elif draft_cfg.get("trained_on"):
             hint = f": make it with `python train.py dataset={draft_cfg.trained_on} pair={pair_cfg.name}"
-            hint += f" train={draft_cfg.get('train_name', 'kd')}`"
+            hint += f" train={draft_cfg.get('train_name', 'kd')} draft={draft_cfg.get('start', 'base')}"
+            hint += f" seed={draft_cfg.get('seed', 0)}`"
         raise SpecfairError(f"draft.path={path} holds no model{hint}")
     summary = find_train_summary(path)
     if summary is not None:

@@ -198,6 +198,7 @@ class TrainSummary(Record):
     data: dict
     version: int = VERSION
     draft_layers: int | None = None
+    start: str = "base"  # the draft training started from (base: the truncated target; generalist; ...)
     val_before: dict = field(default_factory=dict)
     val_after: dict = field(default_factory=dict)
     history: list = field(default_factory=list)

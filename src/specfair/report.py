@@ -21,8 +21,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from specfair import tracking
+from specfair.analysis import arms, imbalance, plots, tables, transfer
 from specfair.analysis import comparisons as cmp
-from specfair.analysis import imbalance, plots, tables, transfer
 from specfair.analysis.comparisons import Run, compare, draft_label, load_run
 from specfair.errors import SpecfairError
 
@@ -132,6 +132,8 @@ def build_report(
     matrix = _transfer(results, runs, failed, list(expected), out_dir)
     if matrix is not None:
         report["transfer"] = matrix
+    if arms.applies(runs):
+        report["arms"] = arms.analyze(runs)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "report.md").write_text(markdown(report) + "\n")
     if results:
@@ -142,6 +144,8 @@ def build_report(
 def markdown(report: dict) -> str:
     """report.md: per comparison its Q1/Q2 section, then imbalance, transfer, unpaired and failed runs."""
     lines = ["# specfair report", ""]
+    if report.get("arms"):  # the pooled summary first: the per-run sections below can be many
+        lines += tables.arms_section(report["arms"])
     for r in report["comparisons"]:
         lines += tables.comparison_section(r)
     for result in (report.get("imbalance") or {}).values():

@@ -48,12 +48,27 @@ def load_run(run: str | Path) -> Run:
 
 
 def draft_label(summary: Mapping) -> str:
-    """`base`, or `finetuned:<trained on>/<train name>[/<variant>]`: the row name in tables and the matrix."""
+    """The row name in tables and the matrix: `base`, `generalist`, `control/seed1`, or
+    `finetuned:<trained on>/<train name>[/<variant>][@<start>][/seed<n>]` (start and seed where not base, 0)."""
     draft = summary["draft"]
+    seed = f"/seed{draft['seed']}" if draft.get("seed") else ""
     if draft.get("name") == "finetuned" and draft.get("trained_on"):
         variant = f"/{draft['variant']}" if draft.get("variant") else ""
-        return f"finetuned:{draft['trained_on']}/{draft.get('train_name', 'kd')}{variant}"
+        start = f"@{draft['start']}" if draft.get("start", "base") != "base" else ""
+        return f"finetuned:{draft['trained_on']}/{draft.get('train_name', 'kd')}{variant}{start}{seed}"
+    if draft.get("name") == "generalist" and draft.get("recipe", "generalist") != "generalist":
+        return f"{draft['recipe']}{seed}"
     return str(draft.get("name", "draft"))
+
+
+def reference_label(summary: Mapping) -> str | None:
+    """The label of the draft a run's draft started from: what its gain is measured against (None: base)."""
+    draft = summary["draft"]
+    if draft.get("name") == "finetuned":
+        return str(draft.get("start") or "base")
+    if draft.get("name") == "generalist":
+        return "base" if draft.get("recipe", "generalist") == "generalist" else "generalist"
+    return None if draft.get("name") == "base" else "base"
 
 
 def _pairing_value(summary: Mapping, field: str):
@@ -88,21 +103,24 @@ def pair_runs(runs: list[Run]) -> tuple[list[tuple[Run, Run]], list[str]]:
         for r in expectation_only
     ]
     runs = [r for r in runs if not holds_expectations_only(r.summary)]
-    for tuned in [r for r in runs if r.label != "base"]:
-        bases = [b for b in runs if b.label == "base" and b.dataset == tuned.dataset]
+    for tuned in [r for r in runs if reference_label(r.summary) is not None]:
+        start = reference_label(tuned.summary)
+        bases = [b for b in runs if b.label == start and b.dataset == tuned.dataset]
         matching = [b for b in bases if pairing_mismatch(b.summary, tuned.summary) is None]
         if not matching:
             why = (
                 f"differs in {pairing_mismatch(bases[0].summary, tuned.summary)!r}"
                 if bases
-                else "no base run"
+                else f"no {start} run"
             )
             unpaired.append(f"{tuned.dir} ({tuned.label}): {why}")
             continue
         pairs.append((matching[0], tuned))
         used |= {matching[0].dir, tuned.dir}
     unpaired += [
-        f"{r.dir} ({r.label}): no fine-tuned partner" for r in runs if r.dir not in used and r.label == "base"
+        f"{r.dir} ({r.label}): no fine-tuned partner"
+        for r in runs
+        if r.dir not in used and reference_label(r.summary) is None
     ]
     return pairs, unpaired
 

@@ -107,7 +107,10 @@ def _cells(m: Mapping, in_domain: bool) -> list[tuple[str, str]]:
         (r, d)
         for r in m["rows"][1:]
         for d in m["columns"]
-        if (m["trained_on"].get(r) == d) == in_domain and m["delta"][r][d] is not None
+        if m["trained_on"].get(r)
+        is not None  # drafts trained on no dataset (generalist, control) are neither
+        and (m["trained_on"].get(r) == d) == in_domain
+        and m["delta"][r][d] is not None
     ]
 
 

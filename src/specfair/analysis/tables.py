@@ -109,3 +109,56 @@ def transfer_section(m: Mapping) -> list[str]:
     if m.get("plot"):
         lines += [_image(m["plot"]), ""]
     return lines
+
+
+def _group_table(entries: Mapping[str, Mapping], key: str, sign: bool) -> list[str]:
+    """Rows: groups (seeds pooled); columns: datasets; cells: `key`'s interval, "—" where not measured."""
+    datasets = [d for d, e in entries.items() if key in e]
+    groups = list(dict.fromkeys(g for d in datasets for g in entries[d][key]))
+    if not groups:
+        return []
+    lines = ["| draft (seeds) | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
+    for g in groups:
+        cells = [entries[d][key].get(g) for d in datasets]
+        seeds = max((c["seeds"][0] for c in cells if c), default=0)
+        lines.append(
+            f"| {g} ({seeds}) | " + " | ".join(interval(c, sign=sign) if c else "—" for c in cells) + " |"
+        )
+    return lines + [""]
+
+
+def arms_section(result: Mapping) -> list[str]:
+    """Alpha per draft group and dataset, gains against the generalist, the control and base, own-highest."""
+    entries = {d: e for d, e in result["datasets"].items() if "error" not in e}
+    lines = [
+        "## Arms and seeds",
+        "",
+        "Each cell pools a draft's seeds (count in brackets): mean over seeds of alpha on the same prompts, "
+        "95% CI from a bootstrap over seeds and prompts (`analysis/arms.py`).",
+        "",
+        "### alpha",
+        "",
+        *_group_table(entries, "alpha", sign=False),
+    ]
+    for ref, what in (
+        ("generalist", "the generalist"),
+        ("control", "the control"),
+        ("base", "the base draft"),
+    ):
+        table = _group_table(entries, f"vs_{ref}", sign=True)
+        if table:
+            lines += [f"### alpha gain against {what}", "", *table]
+    for arm, per_dataset in result.get("own_highest", {}).items():
+        lines += [f"### own draft highest? ({arm})", ""]
+        for dataset, test in per_dataset.items():
+            diffs = ", ".join(
+                f"vs {g}: {interval(d, sign=True)} (p {num(d['p_value'], 3)})"
+                for g, d in test["differences"].items()
+            )
+            verdict = "holds" if test["holds"] else "not shown"
+            lines.append(f"- {dataset}: {test['own']} − others: {diffs} → **{verdict}**")
+        lines.append("")
+    for d, e in result["datasets"].items():
+        if "error" in e:
+            lines.append(f"- {d}: left out, {e['error']}")
+    return lines

@@ -58,6 +58,8 @@ def build(comparisons: list[dict], base_alpha: dict[str, dict], missing: list[tu
     """
     rows, columns, trained_on = [BASE], [], {BASE: None}
     for c in comparisons:
+        rows += [c["base"]] if c["base"] not in rows else []  # the draft it started from: base, generalist
+        trained_on.setdefault(c["base"], None)
         rows += [row_label(c)] if row_label(c) not in rows else []
         columns += [c["dataset"]] if c["dataset"] not in columns else []
         trained_on[row_label(c)] = c.get("trained_on")
@@ -75,7 +77,7 @@ def build(comparisons: list[dict], base_alpha: dict[str, dict], missing: list[tu
         r, d = row_label(c), c["dataset"]
         alpha[r][d] = _cell(c["overall"]["finetuned"]["alpha"])
         delta[r][d] = _cell(c["overall"]["gain"]["alpha"])
-        alpha[BASE][d] = _cell(c["overall"]["base"]["alpha"])
+        alpha[c["base"]][d] = _cell(c["overall"]["base"]["alpha"])
         for category, entry in c["categories"].items():
             categories[d].setdefault(category, {})[r] = _cell(entry["gain"]["alpha"])
     matrix = {

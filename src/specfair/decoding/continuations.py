@@ -36,11 +36,14 @@ TOP_PROBS = 512  # entries of the target's warped distribution kept per position
 @dataclass
 class Continuation:
     """One prompt's continuation: `tokens` (new tokens, cut after EOS or at max_new_tokens); when sampled, the
-    target's warped distribution at each new position as its `top_ids` / `top_probs` [len(tokens), K]."""
+    target's warped distribution at each new position as its `top_ids` / `top_probs` [len(tokens), K]; when
+    asked for (distillation corpora), its unwarped top-k log-probabilities as `teacher_*`."""
 
     tokens: list[int]
     top_ids: torch.Tensor | None = None
     top_probs: torch.Tensor | None = None
+    teacher_ids: torch.Tensor | None = None  # [len(tokens), k] int32: the unwarped top-k (teacher_k > 0)
+    teacher_logprobs: torch.Tensor | None = None  # [len(tokens), k] float16 log-probabilities at T = 1
 
 
 def weights_fingerprint(model: PreTrainedModel) -> str:
@@ -87,11 +90,14 @@ def generate_batch(
     top_p: float | None = None,
     generators: list[torch.Generator] | None = None,
     keep_top: int = TOP_PROBS,
+    teacher_k: int = 0,
 ) -> list[Continuation]:
     """Decode B prompts together with one KV cache: prefill [B, L] left-padded, then [B, 1] per step.
 
     A row stops at its first EOS (kept) or at `max_new_tokens`; finished rows keep stepping on a pad token
     (masked out) until every row is done. Greedy output equals one-prompt decoding up to float near-ties.
+    `teacher_k` > 0 also keeps the top-`teacher_k` of log_softmax(logits) at every new position: the target's
+    own distribution (temperature 1, no top-k/top-p), which offline distillation trains toward.
     """
     device = model.device
     ids, mask = left_pad(prompts, 0, device)
@@ -100,6 +106,7 @@ def generate_batch(
     kwarg = cache_kwarg(model)
     out_tokens: list[list[int]] = [[] for _ in prompts]
     dists: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in prompts]
+    teacher: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in prompts]
     live = torch.ones(len(prompts), dtype=torch.bool)
     with torch.inference_mode():
         for _ in range(max_new_tokens):
@@ -107,11 +114,14 @@ def generate_batch(
                         logits_to_keep=1, **{kwarg: cache})  # fmt: skip
             logits = out.logits[:, -1, :vocab].float()
             tokens, probs = _next_tokens(logits, temperature, top_k, top_p, generators)
+            top = torch.topk(probs, min(keep_top, vocab)) if probs is not None else None
+            best = torch.topk(torch.log_softmax(logits, -1), min(teacher_k, vocab)) if teacher_k else None
             for i in torch.nonzero(live).flatten().tolist():
                 out_tokens[i].append(int(tokens[i]))
-                if probs is not None:
-                    top = torch.topk(probs[i], min(keep_top, vocab))
-                    dists[i].append((top.indices.to(torch.int32).cpu(), top.values.cpu()))
+                if top is not None:
+                    dists[i].append((top.indices[i].to(torch.int32).cpu(), top.values[i].cpu()))
+                if best is not None:
+                    teacher[i].append((best.indices[i].to(torch.int32).cpu(), best.values[i].half().cpu()))
                 if int(tokens[i]) in eos:
                     live[i] = False
             if not live.any():
@@ -119,15 +129,19 @@ def generate_batch(
             ids = tokens.masked_fill(~live.to(device), 0)[:, None]
             mask = torch.cat([mask, live.to(device, torch.long)[:, None]], dim=1)
             positions = positions[:, -1:] + 1
-    result = []
-    for tokens, dist in zip(out_tokens, dists, strict=True):
-        if dist:
-            result.append(
-                Continuation(tokens, torch.stack([d[0] for d in dist]), torch.stack([d[1] for d in dist]))
-            )
-        else:
-            result.append(Continuation(tokens))
-    return result
+    return [
+        Continuation(tokens, *_stacked(dist), *_stacked(best))
+        for tokens, dist, best in zip(out_tokens, dists, teacher, strict=True)
+    ]
+
+
+def _stacked(
+    rows: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Per-position (ids, values) pairs as two [positions, K] tensors; (None, None) when none were kept."""
+    if not rows:
+        return None, None
+    return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
 
 
 class ContinuationCache:

@@ -49,6 +49,7 @@ def draft_training(draft_cfg: DictConfig) -> dict | None:
     return {
         "dataset": train.dataset,
         "train_name": t.get("name"),
+        "start": train.start,
         "objective": t.get("objective"),
         "divergence": t.get("divergence") if t.get("objective") == "kd" else None,
         "steps": train.steps,

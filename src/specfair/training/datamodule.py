@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from specfair.errors import SpecfairError
+from specfair.training.corpus import TeacherText, continuation_corpus, generalist_corpus
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,8 @@ class TrainStream(Dataset):
     """Example i of the run is a deterministic function of (seed, i): a weighted row and a random window.
 
     That makes a resumed run see exactly the batches the uninterrupted run would have seen. Items are
-    (token ids, at most max_length of them; category index).
+    {"ids": at most max_length token ids, "category": index}, plus the window's stored teacher rows
+    (`top_ids`, `top_logprobs`, `taught`) when the texts carry them (corpus.TeacherText).
     """
 
     def __init__(
@@ -53,8 +55,9 @@ class TrainStream(Dataset):
         length: int,
         max_length: int,
         seed: int,
+        teacher: list | None = None,
     ):
-        self.token_ids, self.categories = token_ids, categories
+        self.token_ids, self.categories, self.teacher = token_ids, categories, teacher
         self.length, self.max_length, self.seed = length, max_length, seed
         total = sum(weights)
         self.cumulative = list(itertools.accumulate(w / total for w in weights))
@@ -67,7 +70,14 @@ class TrainStream(Dataset):
         row = min(bisect.bisect_right(self.cumulative, rng.random()), len(self.token_ids) - 1)
         ids = self.token_ids[row]
         start = rng.randrange(0, max(1, len(ids) - self.max_length + 1))
-        return ids[start : start + self.max_length], self.categories[row]
+        window = slice(start, start + self.max_length)
+        item = {"ids": ids[window], "category": self.categories[row]}
+        if self.teacher is not None:
+            t = self.teacher[row]
+            item.update(
+                top_ids=t.top_ids[window], top_logprobs=t.top_logprobs[window], taught=t.taught[window]
+            )
+        return item
 
 
 class ResumableSampler(Sampler):
@@ -87,31 +97,42 @@ class ResumableSampler(Sampler):
 
 
 class FixedTexts(Dataset):
-    """Validation texts as they are: items (token ids, category index)."""
+    """Validation texts as they are: items {"ids", "category"}, plus "taught" (bool [len]) where only some
+    tokens count (the target's continuation after a prompt)."""
 
-    def __init__(self, token_ids: list[list[int]], categories: list[int]):
-        self.token_ids, self.categories = token_ids, categories
+    def __init__(self, token_ids: list[list[int]], categories: list[int], taught: list | None = None):
+        self.token_ids, self.categories, self.taught = token_ids, categories, taught
 
     def __len__(self):
         return len(self.token_ids)
 
     def __getitem__(self, i):
-        return self.token_ids[i], self.categories[i]
+        item = {"ids": self.token_ids[i], "category": self.categories[i]}
+        if self.taught is not None:
+            item["taught"] = self.taught[i]
+        return item
 
 
-def collate(batch: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest: input_ids, attention_mask [B, T] (long), category [B] (index)."""
-    longest = max(len(ids) for ids, _ in batch)
+def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest: input_ids, attention_mask [B, T] (long), category [B] (index); and the
+    stored teacher rows top_ids, top_logprobs [B, T, k] and taught [B, T] (bool) when items have them."""
+    longest = max(len(item["ids"]) for item in batch)
     input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
     attention = torch.zeros((len(batch), longest), dtype=torch.long)
-    for i, (ids, _) in enumerate(batch):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention[i, : len(ids)] = 1
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention,
-        "category": torch.tensor([c for _, c in batch]),
-    }
+    out = {"input_ids": input_ids, "attention_mask": attention}
+    for key in ("top_ids", "top_logprobs", "taught"):
+        if key in batch[0]:
+            first = batch[0][key]
+            out[key] = torch.zeros((len(batch), longest, *first.shape[1:]), dtype=first.dtype)
+    for i, item in enumerate(batch):
+        n = len(item["ids"])
+        input_ids[i, :n] = torch.tensor(item["ids"])
+        attention[i, :n] = 1
+        for key in ("top_ids", "top_logprobs", "taught"):
+            if key in out:
+                out[key][i, :n] = item[key]
+    out["category"] = torch.tensor([item["category"] for item in batch])
+    return out
 
 
 @dataclass
@@ -129,13 +150,21 @@ class TrainTexts:
     val_categories: list[int]
     source: str = "given"
     train_counts: dict = field(default_factory=dict)
+    train_teacher: list | None = None  # corpus.TeacherText per training text: distil toward stored top-k
+    val_taught: list | None = None  # bool [len] per validation text: the positions validation counts
 
 
-def load_texts(dataset_cfg, tokenizer, seed: int, max_length: int) -> TrainTexts:
+def load_texts(
+    dataset_cfg, tokenizer, seed: int, max_length: int, continue_with=None, data: str = "text"
+) -> TrainTexts:
     """The dataset's training texts (disjoint from its evaluation prompts) and held-out validation texts.
 
-    Validation uses the evaluation rows cut to `max_length` tokens; training texts under 2 tokens (nothing
-    to predict) are dropped. Token counts per category (for imbalance budgets) use the same tokenizer.
+    Validation uses the evaluation rows cut to `max_length` tokens, or, given `continue_with` (rows ->
+    corpus.TeacherText: the evaluation prompt and the target's greedy continuation), what evaluation
+    measures: the target's continuations of the evaluation prompts, counted on the continuation only. With
+    data="target" the training texts are the target's continuations of the training rows' prompts too (with
+    their stored top-k). Training texts under 2 tokens (nothing to predict) are dropped. Token counts per
+    category (for imbalance budgets) use the same tokenizer.
     """
     from specfair.data.prompts import train_text
     from specfair.data.splits import build_splits
@@ -150,16 +179,20 @@ def load_texts(dataset_cfg, tokenizer, seed: int, max_length: int) -> TrainTexts
             f"dataset {dataset_cfg.name}: no training texts left after holding out the prompts"
         )
     index = {c: i for i, c in enumerate(splits.categories)}
-    train_ids = [encode(r) for r in splits.train]
+    teacher = continue_with(splits.train) if data == "target" else None
+    train_ids = [t.ids for t in teacher] if teacher else [encode(r) for r in splits.train]
     keep = [i for i, ids in enumerate(train_ids) if len(ids) >= 2]
+    val = continue_with(splits.eval) if continue_with else None
     texts = TrainTexts(
         categories=splits.categories,
         train_ids=[train_ids[i] for i in keep],
         train_categories=[index[splits.train[i].category] for i in keep],
-        val_ids=[encode(r)[:max_length] for r in splits.eval],
+        val_ids=[t.ids for t in val] if val else [encode(r)[:max_length] for r in splits.eval],
         val_categories=[index[r.category] for r in splits.eval],
-        source=splits.source,
+        source=splits.source + (" (the target's continuations)" if teacher else ""),
         train_counts=splits.train_counts,
+        train_teacher=[teacher[i] for i in keep] if teacher else None,
+        val_taught=[t.taught for t in val] if val else None,
     )
     log.info(
         "training on %d texts (%s); validating on %d held-out texts",
@@ -168,6 +201,27 @@ def load_texts(dataset_cfg, tokenizer, seed: int, max_length: int) -> TrainTexts
         len(texts.val_ids),
     )
     return texts
+
+
+def corpus_texts(corpus: list[TeacherText], val_count: int, seed: int) -> TrainTexts:
+    """A target-written corpus as training texts, `val_count` of them (a seeded draw) held out."""
+    categories = sorted({t.category for t in corpus})
+    index = {c: i for i, c in enumerate(categories)}
+    held = set(random.Random(seed).sample(range(len(corpus)), min(val_count, len(corpus) // 2)))
+    train = [t for i, t in enumerate(corpus) if i not in held]
+    val = [t for i, t in enumerate(corpus) if i in held]
+    counts = {c: {"rows": sum(t.category == c for t in train)} for c in categories}
+    return TrainTexts(
+        categories=categories,
+        train_ids=[t.ids for t in train],
+        train_categories=[index[t.category] for t in train],
+        val_ids=[t.ids for t in val],
+        val_categories=[index[t.category] for t in val],
+        source="the target's own generations (no dataset text)",
+        train_counts=counts,
+        train_teacher=train,
+        val_taught=[t.taught for t in val],
+    )
 
 
 class DraftDataModule(pl.LightningDataModule):
@@ -191,11 +245,21 @@ class DraftDataModule(pl.LightningDataModule):
         sampling: str = "natural",
         sampling_temperature: float = 2.0,
         pad_id: int | None = None,
+        data: str = "text",
+        validate_on: str = "text",
+        corpus=None,
+        cache_dir: str | None = None,
+        target=None,
+        vocab: int | None = None,
     ):
         super().__init__()
         if texts is None and (dataset is None or tokenizer is None):
             raise ValueError("DraftDataModule needs texts, or a dataset config and a tokenizer")
+        if texts is None and (data != "text" or validate_on == "target") and target is None:
+            raise ValueError(f"DraftDataModule(data={data!r}, validate_on={validate_on!r}) needs the target")
         self.dataset_cfg, self.tokenizer, self.texts = dataset, tokenizer, texts
+        self.data, self.validate_on, self.corpus_cfg, self.cache_dir = data, validate_on, corpus, cache_dir
+        self.target, self.vocab = target, vocab
         self.seed, self.batch_size, self.max_length = int(seed), int(batch_size), int(max_length)
         self.sampling, self.sampling_temperature = sampling, float(sampling_temperature)
         if pad_id is None:
@@ -205,8 +269,38 @@ class DraftDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Tokenize once (validate, then fit, reuse it); the caller may run it early to read `categories`."""
-        if self.texts is None:
-            self.texts = load_texts(self.dataset_cfg, self.tokenizer, self.seed, self.max_length)
+        if self.texts is not None:
+            return
+        if self.data == "generalist":
+            corpus = generalist_corpus(
+                self.target, self.tokenizer, self.vocab, self.corpus_cfg, self.cache_dir
+            )
+            self.texts = corpus_texts(corpus, int(self.corpus_cfg.val_texts), int(self.corpus_cfg.seed))
+            return
+        continue_with = self._continuations if self.validate_on == "target" or self.data == "target" else None
+        self.texts = load_texts(
+            self.dataset_cfg, self.tokenizer, self.seed, self.max_length, continue_with, self.data
+        )
+
+    def _continuations(self, rows) -> list:
+        """Rows as evaluation prompts (dataset.prompt_tokens, templates) + the target's greedy continuation."""
+        from specfair.data.prompts import tokenize_prompts
+        from specfair.decoding.engine import eos_set
+
+        c = self.corpus_cfg
+        limit = int(self.target.config.max_position_embeddings) - int(c.max_new_tokens)
+        prompts = tokenize_prompts(rows, self.tokenizer, self.dataset_cfg, limit)
+        return continuation_corpus(
+            self.target,
+            [p.input_ids for p in prompts],
+            [p.category for p in prompts],
+            self.vocab,
+            eos_set(self.tokenizer.eos_token_id),
+            max_new_tokens=int(c.max_new_tokens),
+            teacher_k=int(c.teacher_k),
+            batch_size=int(c.batch_size),
+            cache_dir=self.cache_dir,
+        )
 
     @property
     def categories(self) -> list[str]:
@@ -223,13 +317,19 @@ class DraftDataModule(pl.LightningDataModule):
         length = int(trainer.max_steps) * per_step
         weights = sampling_weights(self.texts.train_categories, self.sampling, self.sampling_temperature)
         stream = TrainStream(
-            self.texts.train_ids, self.texts.train_categories, weights, length, self.max_length, self.seed
+            self.texts.train_ids,
+            self.texts.train_categories,
+            weights,
+            length,
+            self.max_length,
+            self.seed,
+            self.texts.train_teacher,
         )
         self.sampler = ResumableSampler(length, start=trainer.global_step * per_step)
         return DataLoader(stream, batch_size=self.batch_size, sampler=self.sampler, collate_fn=self._collate)
 
     def val_dataloader(self) -> DataLoader:
-        texts = FixedTexts(self.texts.val_ids, self.texts.val_categories)
+        texts = FixedTexts(self.texts.val_ids, self.texts.val_categories, self.texts.val_taught)
         return DataLoader(texts, batch_size=self.batch_size, collate_fn=self._collate)
 
     @property

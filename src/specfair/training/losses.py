@@ -50,6 +50,20 @@ def divergence(
     raise SpecfairError(f"train.divergence={kind!r}: expected one of {', '.join(DIVERGENCES)}")
 
 
+def stored_divergence(
+    top_ids: torch.Tensor, top_logprobs: torch.Tensor, draft_logits: torch.Tensor
+) -> torch.Tensor:
+    """KL(p_k || q) per position from a stored top-k of the target: ids, log-probs [..., k]; logits [..., V].
+
+    p_k is the target's distribution renormalized over its k most likely tokens (k = 32 holds ~0.9 of the
+    mass on the embedded pair's generations); its gradient is forward KL's restricted to those tokens.
+    """
+    log_p = top_logprobs.float()
+    log_p = log_p - torch.logsumexp(log_p, -1, keepdim=True)
+    log_q = F.log_softmax(draft_logits.float(), -1).gather(-1, top_ids.long())
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `values` where `mask` is set (same shape); 0 when nothing is (an empty batch is no NaN)."""
     mask = mask.to(values.dtype)
@@ -89,18 +103,37 @@ class DistillationLoss:
         draft_logits: torch.Tensor,
         vocab: int,
         loss_mask: torch.Tensor | None = None,
+        teacher: tuple[torch.Tensor, torch.Tensor] | None = None,
+        ce_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """ids, masks [B, T]; logits [B, T, V >= vocab] -> (scalar loss, {"ce", "kd"} parts for logging).
 
-        `loss_mask` [B, T] (on-policy batches) further restricts the loss to positions predicting a token
-        whose mask is set.
+        `loss_mask` [B, T] restricts the loss to positions predicting a token whose mask is set (on-policy
+        samples; the target-written tokens of a stored corpus). `teacher` = the stored (top_ids,
+        top_logprobs) [B, T, k] of each token (row j: the target's distribution over token j): distil toward
+        it instead of `target_logits` (may then be None; fkl only). `ce_mask` [B, T] further restricts the
+        cross-entropy (not on the draft's own samples: that would teach it what it already says).
         """
+        if target_logits is None:
+            target_logits = draft_logits.detach()  # views only; never compared
         labels, mask, t, d = next_token_views(input_ids, attention_mask, target_logits, draft_logits, vocab)
         if loss_mask is not None:
             mask = mask & loss_mask[:, 1:].bool()
-        ce = masked_mean(F.cross_entropy(d.transpose(1, 2).float(), labels, reduction="none"), mask)
+        ce_where = mask if ce_mask is None else mask & ce_mask[:, 1:].bool()
+        ce = masked_mean(F.cross_entropy(d.transpose(1, 2).float(), labels, reduction="none"), ce_where)
         if self.objective == "lm":
             return ce, {"ce": ce}
-        kd = masked_mean(divergence(t, d, self.divergence, self.beta, self.temperature), mask)
+        if teacher is not None:
+            if self.divergence != "fkl" or self.temperature != 1.0:
+                raise SpecfairError(
+                    f"train.divergence={self.divergence} (temperature {self.temperature}): a stored top-k "
+                    "teacher supports fkl at temperature 1 only"
+                )
+            per_position = stored_divergence(teacher[0][:, 1:], teacher[1][:, 1:], d)
+        else:
+            per_position = divergence(t, d, self.divergence, self.beta, self.temperature)
+        kd = masked_mean(per_position, mask)
         weight = float(self.kd_weight)
+        if ce_mask is not None and not ce_where.any():
+            return kd, {"ce": ce, "kd": kd}  # nothing for cross-entropy: all of the weight on the divergence
         return weight * kd + (1 - weight) * ce, {"ce": ce, "kd": kd}

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import lightning.pytorch as pl
 import torch
 
+from specfair.decoding.continuations import left_pad
 from specfair.errors import SpecfairError
 from specfair.training.losses import DistillationLoss, next_token_views
 from specfair.training.validation import ExpectedAlpha
@@ -113,8 +114,11 @@ class DraftModule(pl.LightningModule):
         ):
             return batch, None
         ids, attention = batch["input_ids"], batch["attention_mask"]
-        keep = max(1, ids.shape[1] // 2)
-        prompt, prompt_mask = ids[:, :keep], attention[:, :keep]
+        lengths = attention.sum(1).tolist()
+        keeps = [max(1, n // 2) for n in lengths]
+        width = ids.shape[1] - min(keeps)  # every row ends up at most ids.shape[1] long
+        prompts = [ids[i, :k].tolist() for i, k in enumerate(keeps)]
+        prompt, prompt_mask = left_pad(prompts, int(ids[0, 0]), ids.device)  # generate needs left padding
         torch.manual_seed(self.seed * 7919 + step)
         was_training = self.draft.training
         self.draft.eval()
@@ -125,22 +129,46 @@ class DraftModule(pl.LightningModule):
                 do_sample=True,
                 top_k=0,
                 temperature=1.0,
-                max_new_tokens=ids.shape[1] - keep,
-                min_new_tokens=ids.shape[1] - keep,
+                max_new_tokens=width,
+                min_new_tokens=width,
                 pad_token_id=int(ids[0, 0]),
             )
         self.draft.train(was_training)
-        new_attention = torch.cat([prompt_mask, torch.ones_like(out[:, keep:])], 1)
-        loss_mask = torch.cat([torch.zeros_like(prompt_mask), torch.ones_like(out[:, keep:])], 1)
-        loss_mask[:, keep - 1] = 1  # the first generated token is predicted from the last prompt position
-        return {"input_ids": out, "attention_mask": new_attention, "category": batch["category"]}, loss_mask
+        new_ids, new_attention, loss_mask = (
+            torch.zeros_like(ids),
+            torch.zeros_like(attention),
+            torch.zeros_like(attention),
+        )
+        for i, (k, n) in enumerate(
+            zip(keeps, lengths, strict=True)
+        ):  # back to right padding, row length kept
+            sampled = out[i, prompt.shape[1] : prompt.shape[1] + n - k]
+            new_ids[i, :n] = torch.cat([ids[i, :k], sampled])
+            new_attention[i, :n] = 1
+            loss_mask[i, k:n] = 1  # sampled tokens only: the first is predicted from the last prompt position
+        return {
+            "input_ids": new_ids,
+            "attention_mask": new_attention,
+            "category": batch["category"],
+        }, loss_mask
 
     def training_step(self, batch, batch_idx):
-        batch, loss_mask = self._on_policy(batch, batch_idx)
-        target_logits, draft_logits = self.logits(batch)
-        loss, parts = self.loss_fn(
-            batch["input_ids"], batch["attention_mask"], target_logits, draft_logits, self.vocab, loss_mask
-        )
+        if "top_ids" in batch:  # a stored teacher (target-written corpus): no target pass, no on-policy
+            draft_logits = self.draft(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            loss, parts = self.loss_fn(
+                batch["input_ids"], batch["attention_mask"], None, draft_logits, self.vocab,
+                loss_mask=batch["taught"], teacher=(batch["top_ids"], batch["top_logprobs"]),
+            )  # fmt: skip
+        else:
+            batch, loss_mask = self._on_policy(batch, batch_idx)
+            target_logits, draft_logits = self.logits(batch)
+            ce_mask = None if loss_mask is None else torch.zeros_like(loss_mask)  # no CE on own samples
+            loss, parts = self.loss_fn(
+                batch["input_ids"], batch["attention_mask"], target_logits, draft_logits, self.vocab,
+                loss_mask=loss_mask, ce_mask=ce_mask,
+            )  # fmt: skip
         if not torch.isfinite(loss):
             raise SpecfairError(
                 f"non-finite training loss ({float(loss.detach())}) at step {self.trainer.global_step}: "
@@ -157,6 +185,8 @@ class DraftModule(pl.LightningModule):
         _, mask, t, d = next_token_views(
             batch["input_ids"], batch["attention_mask"], target_logits, draft_logits, self.vocab
         )
+        if "taught" in batch:  # the target's continuation only, not the prompt before it
+            mask = mask & batch["taught"][:, 1:]
         self.val_metric.update(t, d, mask, batch["category"])
 
     def on_validation_epoch_end(self):

@@ -26,6 +26,8 @@ from specfair.training.module import DraftModule
 
 log = logging.getLogger(__name__)
 
+DATA_SOURCES = ("text", "target", "generalist")
+
 
 class SaveOnInterrupt(Callback):
     """Ctrl-C leaves a resumable `interrupted.ckpt` beside the regular checkpoints."""
@@ -53,6 +55,22 @@ def check_train_cfg(cfg: DictConfig) -> None:
         raise SpecfairError(f"train.kd_weight={t.kd_weight}: must be in [0, 1]")
     if not 0 <= float(t.on_policy_fraction) <= 1:
         raise SpecfairError(f"train.on_policy_fraction={t.on_policy_fraction}: must be in [0, 1]")
+    data, validate_on = t.get("data", "text"), t.get("validate_on", "text")
+    if data not in DATA_SOURCES:
+        raise SpecfairError(f"train.data={data!r}: expected one of {', '.join(DATA_SOURCES)}")
+    if validate_on not in ("text", "target"):
+        raise SpecfairError(f"train.validate_on={validate_on!r}: expected text or target")
+    if data != "text" and float(t.on_policy_fraction) > 0:
+        raise SpecfairError(
+            f"train.on_policy_fraction={t.on_policy_fraction}: on-policy batches need train.data=text"
+        )
+    if data != "text" and t.objective == "kd" and (t.divergence != "fkl" or float(t.temperature) != 1):
+        raise SpecfairError(
+            f"train.divergence={t.divergence} at train.temperature={t.temperature}: a stored top-k teacher "
+            f"(train.data={data}) supports fkl at temperature 1"
+        )
+    if (data != "text" or validate_on == "target") and int(t.corpus.teacher_k) < 1:
+        raise SpecfairError(f"train.corpus.teacher_k={t.corpus.teacher_k}: must be >= 1")
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise SpecfairError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint")
 
@@ -66,7 +84,9 @@ def train(cfg: DictConfig) -> TrainSummary | None:
     check_train_cfg(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     pair = load_pair(cfg.pair, cfg.draft, "cpu")  # float32 master weights; the trainer casts (bf16-mixed)
-    datamodule: DraftDataModule = instantiate(cfg.datamodule, tokenizer=pair.tokenizer)
+    datamodule: DraftDataModule = instantiate(
+        cfg.datamodule, tokenizer=pair.tokenizer, target=pair.target, vocab=pair.vocab_size
+    )
     datamodule.setup("fit")  # the module's metric needs the category names
     module: DraftModule = instantiate(
         cfg.module,
@@ -134,9 +154,11 @@ def summarize(
     cfg: DictConfig, module: DraftModule, texts: TrainTexts, best_checkpoint: str, steps: int
 ) -> TrainSummary:
     """What the draft was trained on and how, and its validation curve (history: one entry per validation)."""
+    general = cfg.train.get("data") == "generalist"
     return TrainSummary(
         pair=cfg.pair.name,
-        dataset=cfg.dataset.name,
+        dataset="generalist" if general else cfg.dataset.name,
+        start=cfg.draft.name,
         train=OmegaConf.to_container(cfg.train, resolve=True),
         draft_layers=module.draft.config.num_hidden_layers,
         seed=int(cfg.seed),
@@ -145,8 +167,8 @@ def summarize(
             "source": texts.source,
             "categories": texts.categories,
             "train_counts": texts.train_counts,
-            "imbalance": OmegaConf.to_container(cfg.dataset.imbalance, resolve=True),
-            "train_per_category": cfg.dataset.get("train_per_category"),
+            "imbalance": None if general else OmegaConf.to_container(cfg.dataset.imbalance, resolve=True),
+            "train_per_category": None if general else cfg.dataset.get("train_per_category"),
             "validation_texts": len(texts.val_ids),
         },
         val_before=module.history[0],
