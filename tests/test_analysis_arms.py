@@ -44,7 +44,9 @@ def test_fine_tuned_runs_pair_with_the_draft_they_started_from(experiment):
     runs = [load_run(d) for d in find_runs([experiment])[0]]
     pairs, unpaired = pair_runs(runs)
     assert len(pairs) == 2 * (3 + 6)
-    assert len(unpaired) == 2 and all("(generalist): no base run" in u for u in unpaired)  # base not evaluated
+    assert len(unpaired) == 2 and all(
+        "(generalist): no base run" in u for u in unpaired
+    )  # base not evaluated
     assert {b.label for b, _ in pairs} == {"generalist"}
     labels = {t.label for _, t in pairs}
     assert "finetuned:toy/kd_short@generalist/seed2" in labels and "control/seed1" in labels
@@ -67,7 +69,9 @@ def test_pooled_gain_is_the_mean_over_seeds_with_an_interval_over_seeds_and_prom
     assert gain["low"] < gain["value"] < gain["high"] and gain["seeds"] == [3, 1]
     assert toy["alpha"]["toy/kd_short"]["value"] == pytest.approx(np.mean([alpha(r) for r in seeds]))
     assert gain["low"] > 0 and gain["p_value"] < 0.05  # own data, p 0.6 vs 0.4: clearly up
-    assert toy["vs_generalist"]["other/kd_short"]["value"] < 0  # p 0.3: down (the CI may reach 0 with seed spread)
+    assert (
+        toy["vs_generalist"]["other/kd_short"]["value"] < 0
+    )  # p 0.3: down (the CI may reach 0 with seed spread)
     assert "control" in toy["vs_generalist"] and "toy/kd_short" in toy["vs_control"]
     assert set(toy["categories"]) == {"a", "b", "c"}
 
@@ -90,7 +94,7 @@ def test_own_draft_highest_is_a_paired_test(experiment, tmp_path):
     assert own["toy"]["holds"] and own["other"]["holds"]
     diff = own["toy"]["differences"]["other/kd_short"]
     assert diff["low"] > 0 and diff["seeds"] == [3, 3]
-    report = build_report([experiment], tmp_path / "out")
+    build_report([experiment], tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     assert md.index("## Arms and seeds") < md.index("## toy:")
     assert "| toy/kd_short (3) |" in md and "**holds**" in md

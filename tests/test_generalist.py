@@ -184,3 +184,32 @@ def test_corpus_texts_validation_masks_count_target_tokens_only():
     texts = corpus_texts([t, t, t, t], val_count=2, seed=0)
     assert isinstance(texts, TrainTexts) and len(texts.val_taught) == 2
     assert texts.val_taught[0].tolist() == [False, False, True, True]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.data=web"], "train.data='web': expected one of text, target, generalist"),
+        (["train=generalist", "train.teacher=oracle"], "train.teacher='oracle': expected stored or target"),
+        (
+            ["train=generalist", "train.divergence=rkl"],
+            "train.divergence=rkl at train.temperature=1.0: a stored top-k",
+        ),
+        (["train.data=target", "train.on_policy_fraction=0.5"], "on-policy batches need train.data=text"),
+        (["train.validate_on=humans"], "train.validate_on='humans': expected text or target"),
+    ],
+)
+def test_bad_data_settings_are_one_line(compose_cfg, overrides, message):
+    from specfair.training.run import check_train_cfg
+
+    with pytest.raises(SpecfairError) as err:
+        check_train_cfg(compose_cfg(*overrides, config="train"))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_full_logits_teacher_is_accepted_with_any_divergence(compose_cfg):
+    from specfair.training.run import check_train_cfg
+
+    check_train_cfg(
+        compose_cfg("train=generalist", "train.teacher=target", "train.divergence=rkl", config="train")
+    )

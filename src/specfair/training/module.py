@@ -42,7 +42,9 @@ class DraftModule(pl.LightningModule):
     the models, the data's category names and `vocab` (rows both models score) are passed in at run time.
     `optimizer` maps parameters to an optimizer (a `_partial_`); `scheduler` maps the optimizer to a per-step
     LR scheduler, or None for a constant rate. `on_policy_fraction` of the batches (chosen by (seed, step))
-    have their second half written by the draft itself (GKD / DistillSpec). `history` holds one entry per
+    have their second half written by the draft itself (GKD / DistillSpec). On a target-written corpus,
+    `teacher` "stored" distils toward its stored top-k, "target" toward the target's full logits (one more
+    forward pass per step: what the top-k saves). `history` holds one entry per
     validation ({"step", "expected_alpha", ... per category}), the first at step 0 (the base draft); it is
     saved in checkpoints so a resumed run keeps the whole curve.
     """
@@ -59,6 +61,7 @@ class DraftModule(pl.LightningModule):
         on_policy_fraction: float = 0.0,
         freeze_embeddings: bool = False,
         seed: int = 0,
+        teacher: str = "stored",
     ):
         super().__init__()
         self.draft = draft.train().requires_grad_(True)
@@ -68,6 +71,7 @@ class DraftModule(pl.LightningModule):
         self.optimizer_factory = optimizer or torch.optim.AdamW
         self.scheduler_factory = scheduler
         self.on_policy_fraction, self.seed = float(on_policy_fraction), int(seed)
+        self.stored_teacher = teacher == "stored"  # "target": ignore a corpus's stored top-k, run the target
         self.val_metric = ExpectedAlpha(categories)
         self.history: list[dict] = []
         if freeze_embeddings:  # train the decoder layers only
@@ -153,7 +157,13 @@ class DraftModule(pl.LightningModule):
         }, loss_mask
 
     def training_step(self, batch, batch_idx):
-        if "top_ids" in batch:  # a stored teacher (target-written corpus): no target pass, no on-policy
+        if "top_ids" in batch and not self.stored_teacher:  # full logits from the target on the same tokens
+            target_logits, draft_logits = self.logits(batch)
+            loss, parts = self.loss_fn(
+                batch["input_ids"], batch["attention_mask"], target_logits, draft_logits, self.vocab,
+                loss_mask=batch["taught"],
+            )  # fmt: skip
+        elif "top_ids" in batch:  # a stored teacher (target-written corpus): no target pass, no on-policy
             draft_logits = self.draft(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits

@@ -55,6 +55,13 @@ def check_train_cfg(cfg: DictConfig) -> None:
         raise SpecfairError(f"train.kd_weight={t.kd_weight}: must be in [0, 1]")
     if not 0 <= float(t.on_policy_fraction) <= 1:
         raise SpecfairError(f"train.on_policy_fraction={t.on_policy_fraction}: must be in [0, 1]")
+    check_data_cfg(t)
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise SpecfairError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint")
+
+
+def check_data_cfg(t: DictConfig) -> None:
+    """`train.data`, `train.teacher`, `train.validate_on` and what each one rules out."""
     data, validate_on = t.get("data", "text"), t.get("validate_on", "text")
     if data not in DATA_SOURCES:
         raise SpecfairError(f"train.data={data!r}: expected one of {', '.join(DATA_SOURCES)}")
@@ -64,15 +71,17 @@ def check_train_cfg(cfg: DictConfig) -> None:
         raise SpecfairError(
             f"train.on_policy_fraction={t.on_policy_fraction}: on-policy batches need train.data=text"
         )
-    if data != "text" and t.objective == "kd" and (t.divergence != "fkl" or float(t.temperature) != 1):
+    teacher = t.get("teacher", "stored")
+    if teacher not in ("stored", "target"):
+        raise SpecfairError(f"train.teacher={teacher!r}: expected stored or target")
+    stored = data != "text" and teacher == "stored"
+    if stored and t.objective == "kd" and (t.divergence != "fkl" or float(t.temperature) != 1):
         raise SpecfairError(
             f"train.divergence={t.divergence} at train.temperature={t.temperature}: a stored top-k teacher "
             f"(train.data={data}) supports fkl at temperature 1"
         )
     if (data != "text" or validate_on == "target") and int(t.corpus.teacher_k) < 1:
         raise SpecfairError(f"train.corpus.teacher_k={t.corpus.teacher_k}: must be >= 1")
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise SpecfairError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint")
 
 
 def train(cfg: DictConfig) -> TrainSummary | None:
