@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.specfair-installed
 
-.PHONY: setup demo test test-all bench bench-eval q1 q2 transfer lint format clean
+.PHONY: setup demo test test-all bench bench-eval generalist q1 q2 transfer lint format clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,9 @@ test-all: setup
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q
 
 # The experiments (docs/results.md): train where no checkpoint exists, evaluate, report into logs/experiment/<name>.
+generalist: setup
+	$(PY) experiment.py experiment=generalist
+
 q1: setup
 	$(PY) experiment.py experiment=q1
 

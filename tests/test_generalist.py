@@ -213,3 +213,25 @@ def test_full_logits_teacher_is_accepted_with_any_divergence(compose_cfg):
     check_train_cfg(
         compose_cfg("train=generalist", "train.teacher=target", "train.divergence=rkl", config="train")
     )
+
+
+def test_two_runs_asking_for_one_export_with_other_settings_are_refused(compose_cfg, tmp_path):
+    from specfair.records import TrainSummary, save_json
+    from specfair.training.run import check_train_cfg
+
+    cfg = compose_cfg(f"paths.ckpt_dir={tmp_path}", "train=kd_short", config="train")
+    check_train_cfg(cfg)  # nothing there yet
+    train = OmegaConf.to_container(cfg.train, resolve=True)
+    imbalance = OmegaConf.to_container(cfg.dataset.imbalance)
+    made = TrainSummary(pair="smollm2_135m", dataset="agnews", train={**train, "max_steps": 500}, seed=0,
+                        steps=500, data={"imbalance": imbalance})  # fmt: skip
+    save_json(made, f"{cfg.export_dir}/train_summary.json")
+    with pytest.raises(SpecfairError, match=r"holds a draft trained with train.max_steps=500, asked for 120"):
+        check_train_cfg(cfg)
+    check_train_cfg(
+        compose_cfg(f"paths.ckpt_dir={tmp_path}", "train=kd_short", "overwrite=true", config="train")
+    )
+    same = TrainSummary(pair="smollm2_135m", dataset="agnews", train=train, seed=0, steps=120,
+                        data={"imbalance": imbalance})  # fmt: skip
+    save_json(same, f"{cfg.export_dir}/train_summary.json")
+    check_train_cfg(cfg)  # the same recipe again: allowed (it is deterministic)

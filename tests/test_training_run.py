@@ -20,7 +20,7 @@ def test_train_configs_compose(compose_cfg):
     for option in ("kd", "lm", "kd_short"):
         cfg = compose_cfg(f"train={option}", config="train")
         assert cfg.train.name == option and cfg.train.optimizer._partial_
-        assert cfg.export_dir.endswith(f"smollm2_135m/agnews/{option}")
+        assert cfg.export_dir.endswith(f"smollm2_135m/agnews/{option}/from-base/seed0")
 
 
 def test_cli_overrides_reach_the_module(compose_cfg, tiny_llama):
@@ -74,7 +74,7 @@ def test_train_py_exports_a_draft_that_evaluate_and_transformers_load(tmp_path):
         f"hydra.run.dir={tmp_path / 'train'}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    folder = ckpts / "smollm2_135m" / "agnews" / "kd"
+    folder = ckpts / "smollm2_135m" / "agnews" / "kd" / "from-base" / "seed1"  # data, arm, start, seed
     summary = load_train_summary(folder)
     assert summary.version == VERSION and summary.steps == 3 and summary.pair == "smollm2_135m"
     assert summary.train["divergence"] == "fkl" and "module" not in summary.train  # train.* as configured
@@ -84,6 +84,11 @@ def test_train_py_exports_a_draft_that_evaluate_and_transformers_load(tmp_path):
     assert load_train_summary(tmp_path / "train").to_dict() == summary.to_dict()
     assert list((tmp_path / "train" / "wandb").glob("offline-run-*"))
     assert (tmp_path / "train" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "train" / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert summary.start == "base" and summary.data["validation_texts"] == 8
+    assert (
+        0 < summary.val_before["greedy_agreement"] < 1
+    )  # on the target's own continuations of the 8 prompts
 
     from transformers import AutoModelForCausalLM
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from specfair import ROOT
 from specfair.errors import SpecfairError
-from specfair.records import load_train_summary
+from specfair.records import load_train_summary, settings_conflict
 
 log = logging.getLogger(__name__)
 
@@ -207,21 +207,12 @@ def trained_already(step: Step) -> bool:
     summary_file = export / "train_summary.json"
     if not summary_file.is_file() or not (export / "draft" / "config.json").is_file():
         return False
-    summary = load_train_summary(summary_file)
-    wanted = {"train": step.info["train"], "imbalance": step.info["imbalance"]}
-    found = {"train": summary.train, "imbalance": summary.data.get("imbalance")}
-    for key in ("train", "imbalance"):
-        if (found[key] is None or wanted[key] is None) and key == "imbalance":
-            continue  # made before train_summary recorded the imbalance settings, or no dataset (generalist)
-        differ = sorted(
-            k for k in set(wanted[key]) | set(found[key]) if wanted[key].get(k) != found[key].get(k)
+    conflict = settings_conflict(load_train_summary(summary_file), step.info["train"], step.info["imbalance"])
+    if conflict:
+        raise SpecfairError(
+            f"{export} was trained with {conflict} by this experiment: delete that folder or point the "
+            "experiment elsewhere with paths.ckpt_dir=..."
         )
-        if differ:
-            k = differ[0]
-            raise SpecfairError(
-                f"{export} was trained with {key}.{k}={found[key].get(k)!r}, this experiment asks for "
-                f"{wanted[key].get(k)!r}: delete that folder or point the experiment elsewhere with paths.ckpt_dir=..."
-            )
     return True
 
 

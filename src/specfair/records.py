@@ -281,3 +281,21 @@ def save_run(out_dir: str | Path, records: list, summary: RunSummary) -> None:
     out_dir = Path(out_dir)
     save_samples(records, out_dir / "samples.jsonl")
     save_json(summary, out_dir / "summary.json")
+
+
+def settings_conflict(summary: TrainSummary, train: dict, imbalance: dict | None) -> str | None:
+    """`key.field=found, asked for wanted` for the first training setting an export was made with that differs
+    from the asked ones (train.* and the imbalance mix); None when they agree. Settings recorded by neither side
+    (an older summary, or no dataset: the generalist) are not compared."""
+    wanted = {"train": train, "imbalance": imbalance}
+    found = {"train": summary.train, "imbalance": summary.data.get("imbalance")}
+    for key in ("train", "imbalance"):
+        if found[key] is None or wanted[key] is None:
+            continue
+        differ = sorted(
+            k for k in set(wanted[key]) | set(found[key]) if wanted[key].get(k) != found[key].get(k)
+        )
+        if differ:
+            k = differ[0]
+            return f"{key}.{k}={found[key].get(k)!r}, asked for {wanted[key].get(k)!r}"
+    return None

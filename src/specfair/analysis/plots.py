@@ -193,3 +193,31 @@ def transfer_heatmap(m: Mapping, out_dir: Path) -> Path:
     axes[0, 0].set_ylabel("draft (fine-tuned on)")
     fig.suptitle("Transfer: overall alpha by draft and evaluation dataset (95% bootstrap CI)")
     return _save(fig, out_dir / "transfer_heatmap.png")
+
+
+# --- training ----------------------------------------------------------------------------------------------
+
+
+def training_curve(summary: Mapping, path: Path) -> Path | None:
+    """Validation expected alpha and greedy agreement against optimizer steps, overall and per category, from
+    a train_summary.json's history (one point per validation); None with fewer than two validations."""
+    history = summary.get("history") or []
+    if len(history) < 2:
+        return None
+    plt = _pyplot()
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    for ax, metric in zip(axes, ("expected_alpha", "greedy_agreement"), strict=True):
+        for c in summary["data"]["categories"]:
+            ax.plot(steps, [_nan(h.get(f"{metric}/{c}")) for h in history], marker=".", lw=1, label=c)
+        ax.plot(steps, [_nan(h.get(metric)) for h in history], color="black", lw=2.2, label="overall")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        f"{summary['dataset']} · {summary['train'].get('name')} from {summary.get('start', 'base')}: "
+        "validation on the target's own tokens",
+        fontsize=10,
+    )
+    return _save(fig, Path(path))

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from specfair.errors import SpecfairError
 from specfair.models import load_pair
-from specfair.records import TrainSummary, save_json
+from specfair.records import TrainSummary, load_train_summary, save_json, settings_conflict
 from specfair.tracking import lightning_logger
 from specfair.training.datamodule import DraftDataModule, TrainTexts
 from specfair.training.losses import DIVERGENCES, OBJECTIVES
@@ -58,6 +58,26 @@ def check_train_cfg(cfg: DictConfig) -> None:
     check_data_cfg(t)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise SpecfairError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint")
+    check_export(cfg)
+
+
+def check_export(cfg: DictConfig) -> None:
+    """Refuse to overwrite an export made with other training settings (overwrite=true replaces it): two runs
+    that land in the same folder must be the same recipe, or one silently loses its draft."""
+    summary_file = Path(cfg.export_dir) / "train_summary.json"
+    if cfg.get("overwrite") or not summary_file.is_file():
+        return
+    imbalance = None if cfg.train.get("data") == "generalist" else cfg.dataset.imbalance
+    conflict = settings_conflict(
+        load_train_summary(summary_file),
+        OmegaConf.to_container(cfg.train, resolve=True),
+        OmegaConf.to_container(imbalance, resolve=True) if imbalance is not None else None,
+    )
+    if conflict:
+        raise SpecfairError(
+            f"export_dir={cfg.export_dir} holds a draft trained with {conflict}: pass overwrite=true to "
+            "replace it, or choose another seed= or export_dir="
+        )
 
 
 def check_data_cfg(t: DictConfig) -> None:
@@ -205,7 +225,12 @@ def export(cfg: DictConfig, module: DraftModule, tokenizer, summary: TrainSummar
         shutil.rmtree(final)
     tmp.rename(final)
     save_json(summary, Path(cfg.paths.output_dir) / "train_summary.json")
-    log.info("fine-tuned draft saved to %s", final / "draft")
+    from specfair.analysis.plots import training_curve
+
+    curve = training_curve(summary, Path(cfg.paths.output_dir) / "training_curve.png")
+    log.info(
+        "fine-tuned draft saved to %s%s", final / "draft", f"; validation curve: {curve}" if curve else ""
+    )
     return final
 
 
