@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.specfair-installed
 
-.PHONY: setup demo test test-all bench bench-eval generalist q1 q2 transfer lint format clean
+.PHONY: setup demo test test-all bench bench-eval bench-teacher generalist q1 q2 transfer lint format clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,9 @@ bench: setup
 
 bench-eval: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_eval.py
+
+bench-teacher: setup
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_teacher.py
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -235,3 +235,40 @@ def test_two_runs_asking_for_one_export_with_other_settings_are_refused(compose_
                         data={"imbalance": imbalance})  # fmt: skip
     save_json(same, f"{cfg.export_dir}/train_summary.json")
     check_train_cfg(cfg)  # the same recipe again: allowed (it is deterministic)
+
+
+def test_generalist_corpus_magpie_requests_and_unconditional_text(tiny_llama, tmp_path):
+    """With the real SmolLM2 tokenizer (its chat template) and a tiny target of the same vocabulary."""
+    from specfair.models import EMBEDDED, load_tokenizer
+    from specfair.training.corpus import generalist_corpus
+
+    tokenizer = load_tokenizer(EMBEDDED)
+    vocab = len(tokenizer)
+    target = tiny_llama(0, vocab=vocab, layers=1)
+    cfg = OmegaConf.create({"requests": 2, "texts": 3, "request_tokens": 4, "opening_tokens": 3,
+                            "max_new_tokens": 5, "top_p": 0.95, "teacher_k": 4, "batch_size": 2, "seed": 0})  # fmt: skip
+    corpus = generalist_corpus(target, tokenizer, vocab, cfg, tmp_path)
+    assert [t.category for t in corpus] == [
+        "chat/greedy",
+        "chat/sampled",
+        "text/greedy",
+        "text/sampled",
+        "text/greedy",
+    ]
+    chat = corpus[0]
+    text = tokenizer.decode(chat.ids)
+    assert (
+        text.startswith("<|im_start|>system\n")
+        and "<|im_start|>user\n" in text
+        and "<|im_start|>assistant\n" in text
+    )
+    prefix = len(tokenizer.apply_chat_template([{"role": "user", "content": "\u2063"}], tokenize=False,
+                                               add_generation_prompt=False).split("\u2063")[0])  # fmt: skip
+    assert tokenizer.decode(chat.ids[: int(chat.taught.nonzero()[0])]) == text[:prefix]  # template: untaught
+    assert int(chat.taught.sum()) == 4 + 5  # the request and the answer, nothing of the template
+    assert chat.top_ids[-5:, 0].tolist() == chat.ids[-5:]  # a greedy answer: each token is the top entry
+    plain = corpus[2]
+    assert plain.ids[0] == tokenizer.convert_tokens_to_ids("<|endoftext|>") and not plain.taught[0]
+    assert plain.taught[1:].all() and len(plain.ids) == 1 + 3 + 5
+    again = generalist_corpus(target, tokenizer, vocab, cfg, tmp_path)  # cached: read back, identical
+    assert [t.ids for t in again] == [t.ids for t in corpus] and len(list(tmp_path.rglob("part-*.pt"))) == 1 + 2

@@ -180,7 +180,7 @@ def _generalist_part(target, vocab, eos, c, kind: str, frame, indices: list[int]
                               generators=generators(0), **gen, **sampled)  # fmt: skip
     if kind == "chat":  # the request, closed by the template (the target may have closed it itself)
         contexts = [before + [t for t in o.tokens if t not in eos] + after for o in openings]
-        closings = [after[1:] if o.tokens and o.tokens[-1] in eos else after for o in openings]
+        closings = [after[1:] if o.tokens and after and o.tokens[-1] == after[0] else after for o in openings]
     else:
         contexts = [before + o.tokens for o in openings]
         closings = [[] for _ in openings]

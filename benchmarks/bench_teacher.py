@@ -1,0 +1,68 @@
+"""What does the stored top-k teacher cost against full logits? Two short generalist trainings, one run.
+
+Both start from the truncated base draft and read the same windows of the same cached generalist corpus (same
+seed), so the only difference is the teacher: `train.teacher=stored` distils toward the corpus's stored top-k
+(renormalised), `train.teacher=target` runs the target on every batch for its full logits. Prints the
+validation expected alpha and greedy agreement (held-out target-written texts) at the end, the wall time of
+each training and the ratios. The corpus must exist (`make generalist` builds it; it is cached).
+
+Run:  HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_teacher.py --steps 80
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from specfair import ROOT
+from specfair.records import load_train_summary
+
+
+def train(teacher: str, steps: int, out: Path) -> tuple[float, dict]:
+    """One train.py run with this teacher; (seconds, its train summary's last validation)."""
+    command = [
+        sys.executable, str(ROOT / "train.py"), "train=generalist", f"train.teacher={teacher}",
+        f"train.max_steps={steps}", f"train.val_every={steps}", f"train.warmup_steps={max(1, steps // 8)}",
+        "logger=none", f"export_dir={out / teacher}", f"hydra.run.dir={out / ('run-' + teacher)}",
+    ]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start, load_train_summary(out / teacher).val_after
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=80)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {t: train(t, args.steps, Path(tmp)) for t in ("stored", "target")}
+    table = Table(title=f"generalist recipe, {args.steps} steps from the truncated base (2 CPU cores)")
+    for column in ("teacher", "seconds", "val expected alpha", "val greedy agreement"):
+        table.add_column(column, justify="left" if column == "teacher" else "right")
+    for teacher, (seconds, val) in results.items():
+        name = "stored top-32" if teacher == "stored" else "full logits (target pass)"
+        table.add_row(
+            name, f"{seconds:.0f}", f"{val['expected_alpha']:.3f}", f"{val['greedy_agreement']:.3f}"
+        )
+    (s_sec, s_val), (t_sec, t_val) = results["stored"], results["target"]
+    table.add_section()
+    table.add_row(
+        "stored / full",
+        f"{s_sec / t_sec:.2f}x",
+        f"{s_val['expected_alpha'] / t_val['expected_alpha']:.2f}x",
+        f"{s_val['greedy_agreement'] / t_val['greedy_agreement']:.2f}x",
+    )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
