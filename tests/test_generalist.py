@@ -207,11 +207,17 @@ def test_bad_data_settings_are_one_line(compose_cfg, overrides, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_full_logits_teacher_is_accepted_with_any_divergence(compose_cfg):
+def test_full_logits_teacher_is_accepted_with_any_divergence(compose_cfg, tmp_path):
     from specfair.training.run import check_train_cfg
 
     check_train_cfg(
-        compose_cfg("train=generalist", "train.teacher=target", "train.divergence=rkl", config="train")
+        compose_cfg(
+            "train=generalist",
+            "train.teacher=target",
+            "train.divergence=rkl",
+            f"paths.ckpt_dir={tmp_path}",
+            config="train",
+        )  # fmt: skip
     )
 
 
@@ -271,4 +277,6 @@ def test_generalist_corpus_magpie_requests_and_unconditional_text(tiny_llama, tm
     assert plain.ids[0] == tokenizer.convert_tokens_to_ids("<|endoftext|>") and not plain.taught[0]
     assert plain.taught[1:].all() and len(plain.ids) == 1 + 3 + 5
     again = generalist_corpus(target, tokenizer, vocab, cfg, tmp_path)  # cached: read back, identical
-    assert [t.ids for t in again] == [t.ids for t in corpus] and len(list(tmp_path.rglob("part-*.pt"))) == 1 + 2
+    assert [t.ids for t in again] == [t.ids for t in corpus] and len(
+        list(tmp_path.rglob("part-*.pt"))
+    ) == 1 + 2

@@ -140,7 +140,7 @@ def test_train_py_exports_a_draft_that_evaluate_and_transformers_load(tmp_path):
     )
     assert result.returncode == 2
     assert (
-        "holds no model: make it with `python train.py dataset=imdb pair=smollm2_135m train=kd`"
+        "holds no model: make it with `python train.py dataset=imdb pair=smollm2_135m train=kd draft=base seed=1`"
         in result.stderr
     )
     result = run(
