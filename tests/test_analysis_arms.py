@@ -56,7 +56,9 @@ def test_pooled_gain_is_the_mean_over_seeds_with_an_interval_over_seeds_and_prom
     runs = [load_run(d) for d in find_runs([experiment])[0]]
     result = arms.analyze(runs)
     toy = result["datasets"]["toy"]
-    seeds = [r for r in runs if r.dataset == "toy" and arms.group_of(r.summary)[0] == "toy/kd_short"]
+    seeds = [
+        r for r in runs if r.dataset == "toy" and arms.group_of(r.summary)[0] == "toy/kd_short@generalist"
+    ]
     general = next(r for r in runs if r.dataset == "toy" and r.label == "generalist")
 
     def alpha(run):
@@ -64,22 +66,24 @@ def test_pooled_gain_is_the_mean_over_seeds_with_an_interval_over_seeds_and_prom
             r["accepted"] + r["rejections"] for r in run.records
         )
 
-    gain = toy["vs_generalist"]["toy/kd_short"]
+    gain = toy["vs_generalist"]["toy/kd_short@generalist"]
     assert gain["value"] == pytest.approx(np.mean([alpha(r) for r in seeds]) - alpha(general))
     assert gain["low"] < gain["value"] < gain["high"] and gain["seeds"] == [3, 1]
-    assert toy["alpha"]["toy/kd_short"]["value"] == pytest.approx(np.mean([alpha(r) for r in seeds]))
+    assert toy["alpha"]["toy/kd_short@generalist"]["value"] == pytest.approx(
+        np.mean([alpha(r) for r in seeds])
+    )
     assert gain["low"] > 0 and gain["p_value"] < 0.05  # own data, p 0.6 vs 0.4: clearly up
     assert (
-        toy["vs_generalist"]["other/kd_short"]["value"] < 0
+        toy["vs_generalist"]["other/kd_short@generalist"]["value"] < 0
     )  # p 0.3: down (the CI may reach 0 with seed spread)
-    assert "control" in toy["vs_generalist"] and "toy/kd_short" in toy["vs_control"]
+    assert "control" in toy["vs_generalist"] and "toy/kd_short@generalist" in toy["vs_control"]
     assert set(toy["categories"]) == {"a", "b", "c"}
 
 
 def test_seed_spread_widens_the_interval(experiment):
     runs = [load_run(d) for d in find_runs([experiment])[0]]
     toy = [r for r in runs if r.dataset == "toy"]
-    group = [r for r in toy if arms.group_of(r.summary)[0] == "toy/kd_short"]
+    group = [r for r in toy if arms.group_of(r.summary)[0] == "toy/kd_short@generalist"]
     ids = [r["id"] for r in group[0].records]
     pooled = arms.difference(group, [], ids)
     one_seed = arms.difference(group[:1], [], ids)
@@ -90,11 +94,20 @@ def test_seed_spread_widens_the_interval(experiment):
 
 def test_own_draft_highest_is_a_paired_test(experiment, tmp_path):
     runs = [load_run(d) for d in find_runs([experiment])[0]]
-    own = arms.analyze(runs)["own_highest"]["kd_short"]
+    own = arms.analyze(runs)["own_highest"]["kd_short@generalist"]
     assert own["toy"]["holds"] and own["other"]["holds"]
-    diff = own["toy"]["differences"]["other/kd_short"]
+    diff = own["toy"]["differences"]["other/kd_short@generalist"]
     assert diff["low"] > 0 and diff["seeds"] == [3, 3]
     build_report([experiment], tmp_path / "out")
     md = (tmp_path / "out" / "report.md").read_text()
     assert md.index("## Arms and seeds") < md.index("## toy:")
-    assert "| toy/kd_short (3) |" in md and "**holds**" in md
+    assert "| toy/kd_short@generalist (3) |" in md and "**holds**" in md
+
+
+def test_drafts_from_other_starts_are_other_groups(experiment):
+    from_base = {**tuned("toy"), "start": "base"}
+    write_run(experiment / "toy_from_base", dataset="toy", draft=from_base, p_accept=0.2)
+    runs = [load_run(d) for d in find_runs([experiment])[0]]
+    alpha = arms.analyze(runs)["datasets"]["toy"]["alpha"]
+    assert alpha["toy/kd_short"]["seeds"] == [1] and alpha["toy/kd_short@generalist"]["seeds"] == [3]
+    assert alpha["toy/kd_short"]["value"] < alpha["toy/kd_short@generalist"]["value"]

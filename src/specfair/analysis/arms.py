@@ -1,6 +1,7 @@
 """Q1 with arms and seeds: each fine-tuned draft against the draft it started from and against the control.
 
-A *group* is every seed of one recipe: `agnews/kd_short` (fine-tuned on agnews by kd_short, any seed),
+A *group* is every seed of one recipe: `agnews/kd_short@generalist` (fine-tuned on agnews by kd_short from the
+generalist, any seed; no `@` suffix: from the truncated base),
 `control` (the generalist recipe continued, any seed), `generalist`, `base`. A group's alpha on a dataset is
 the mean over its seeds of each seed's ratio of sums over the prompts; a difference between two groups is
 estimated on the same prompts, and its interval comes from a two-level bootstrap: seeds drawn with replacement
@@ -30,7 +31,8 @@ def group_of(summary: Mapping) -> tuple[str, int]:
     seed = int(draft.get("seed") or 0)
     if draft.get("name") == "finetuned" and draft.get("trained_on"):
         variant = f"/{draft['variant']}" if draft.get("variant") else ""
-        return f"{draft['trained_on']}/{draft.get('train_name', 'kd')}{variant}", seed
+        start = f"@{draft['start']}" if draft.get("start", "base") != "base" else ""
+        return f"{draft['trained_on']}/{draft.get('train_name', 'kd')}{variant}{start}", seed
     if draft.get("name") == "generalist":
         recipe = draft.get("recipe") or "generalist"
         return ("generalist", 0) if recipe == "generalist" else (recipe, seed)
