@@ -144,6 +144,25 @@ def _stacked(
     return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
 
 
+def keyed_folder(root: str | Path, kind: str, settings: dict, what: str) -> Path:
+    """`root/kind/<hash of settings>/` with the settings beside the files, created and checked writable: one
+    folder per settings, so a changed setting never reads another's files. `what` names it in the error."""
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+    folder = Path(root).expanduser() / kind / key
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    except OSError as err:
+        raise SpecfairError(
+            f"paths.cache_dir={root}: cannot write {what} there ({err.strerror}); "
+            "point paths.cache_dir (or SPECFAIR_CACHE) at a writable folder"
+        ) from None
+    return folder
+
+
 class ContinuationCache:
     """One file per (settings, prompt) under `root/<settings key>/`: resumable, shareable across drafts and
     processes, cleared by deleting the folder. A file that cannot be read (cut short by a kill) is recomputed;
@@ -151,19 +170,7 @@ class ContinuationCache:
 
     def __init__(self, root: str | Path, settings: dict):
         self.settings = {"cache_version": CACHE_VERSION, **settings}
-        key = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:20]
-        self.folder = Path(root).expanduser() / "continuations" / key
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            probe = self.folder / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as err:
-            raise SpecfairError(
-                f"paths.cache_dir={root}: cannot write the continuation cache there ({err.strerror}); "
-                "point paths.cache_dir (or SPECFAIR_CACHE) at a writable folder"
-            ) from None
-        (self.folder / "settings.json").write_text(json.dumps(self.settings, indent=2) + "\n")
+        self.folder = keyed_folder(root, "continuations", self.settings, "the continuation cache")
 
     def _path(self, prompt: list[int], index: int) -> Path:
         # a greedy continuation depends on the prompt alone; a sample also on its per-prompt random stream

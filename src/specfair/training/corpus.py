@@ -23,7 +23,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from specfair.decoding.continuations import generate_batch, prompt_generator, weights_fingerprint
+from specfair.decoding.continuations import (
+    generate_batch,
+    keyed_folder,
+    prompt_generator,
+    weights_fingerprint,
+)
 from specfair.decoding.engine import eos_set
 from specfair.errors import SpecfairError
 
@@ -77,16 +82,7 @@ class PartStore:
 
     def __init__(self, root: str | Path, settings: dict):
         self.settings = {"corpus_version": CORPUS_VERSION, **settings}
-        key = hashlib.sha1(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:20]
-        self.folder = Path(root).expanduser() / "corpora" / key
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            (self.folder / "settings.json").write_text(json.dumps(self.settings, indent=2) + "\n")
-        except OSError as err:
-            raise SpecfairError(
-                f"paths.cache_dir={root}: cannot write the training corpus there ({err.strerror}); "
-                "point paths.cache_dir (or SPECFAIR_CACHE) at a writable folder"
-            ) from None
+        self.folder = keyed_folder(root, "corpora", self.settings, "the training corpus")
 
     def get(self, name: str) -> list[TeacherText] | None:
         path = self.folder / f"part-{name}.pt"
