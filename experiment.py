@@ -4,7 +4,7 @@ import hydra
 from omegaconf import DictConfig
 
 import specfair  # noqa: F401  (registers the ${specfair_root:} resolver)
-from specfair.app import run_app
+from specfair.app import cli, run_app
 
 
 def task(cfg: DictConfig) -> None:
@@ -25,4 +25,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 import specfair  # noqa: F401  (registers the ${specfair_root:} resolver)
-from specfair.app import run_app
+from specfair.app import cli, run_app
 
 log = logging.getLogger("train")
 
@@ -36,4 +36,4 @@ def main(cfg: DictConfig) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -1,26 +1,110 @@
-"""The task wrapper every entry point shares: bad input becomes one line, never a traceback."""
+"""What every entry point shares: bad input becomes one `error:` line and exit status 2, never a traceback.
+
+`cli(main)` wraps a `@hydra.main` function so that Hydra's own errors (an unknown option, a malformed override)
+reach it as exceptions instead of Hydra's multi-line report; `run_app(task, cfg)` runs the task after the
+start-up checks. `--debug` (or `SPECFAIR_DEBUG=1`, or the user's own `HYDRA_FULL_ERROR=1`) keeps the full trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import sys
+from pathlib import Path
 
 from specfair.errors import SpecfairError
 
+BAD_INPUT = 2  # exit status for bad input; an unexpected error exits 1
+_OURS = "_SPECFAIR_SET_HYDRA_FULL_ERROR"  # HYDRA_FULL_ERROR=1 set by cli(), not by the user
+
+
+def debugging() -> bool:
+    user_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1" and not os.environ.get(_OURS)
+    return os.environ.get("SPECFAIR_DEBUG") == "1" or user_full_error
+
+
+def one_line(text: str) -> str:
+    """A multi-line message (Hydra's option lists, OmegaConf's full_key lines) folded into one line."""
+    out: list[str] = []
+    for raw in str(text).splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        if out and raw.startswith("\t"):  # a list item ("Available options in 'dataset':" then one per line)
+            out[-1] += (" " if out[-1].endswith(":") else ", ") + line
+        else:
+            out.append(line)
+    return "; ".join(out) or type(text).__name__
+
+
+def describe(err: BaseException) -> tuple[int, str]:
+    """(exit status, one line) for an exception that reached the entry point."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(err, SpecfairError):
+        return BAD_INPUT, one_line(err)
+    if isinstance(err, HydraException | OmegaConfBaseException):
+        text = str(err).split("\nConfig search path")[0]  # Hydra's list of search paths: noise to a user
+        key = re.match(r"Could not override '([^']+)'", text)
+        if key and "not in struct" in str(err.__cause__):
+            name = key.group(1)
+            return BAD_INPUT, f"{name}: no such option (a typo? to add a new key use +{name}=VALUE)"
+        line = one_line(text)
+        cause = err.__cause__
+        if cause is not None and str(cause).strip():
+            line += f" ({one_line(cause)})"
+        return BAD_INPUT, line
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+        where = err.filename or "output"
+        what = "no space left on the device" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "not writable"
+        return BAD_INPUT, f"{where}: {what} ({err.strerror}); free space or choose another folder"
+    return 1, f"unexpected {type(err).__name__}: {one_line(err)} (rerun with --debug for the traceback)"
+
+
+def cli(hydra_main) -> None:
+    """Run a `@hydra.main` function as a command: every error one line on stderr, nothing half-written."""
+    if "--debug" in sys.argv:
+        sys.argv.remove("--debug")
+        os.environ["SPECFAIR_DEBUG"] = "1"  # inherited by DDP workers and experiment steps
+    debug = debugging()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its own report
+    os.environ[_OURS] = "1"
+    try:
+        hydra_main()
+    except Exception as err:
+        if debug:
+            raise
+        status, line = describe(err)
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(status)
+
 
 def run_app(task, cfg):
-    """Run a Hydra task; a SpecfairError becomes one line on stderr (and error.txt in the run folder).
+    """Check the config, run the task; a failure is one line on stderr and in the run folder's `error.txt`.
 
-    A single run exits with status 2; inside a multirun the sweep goes on with the next job.
+    A single run exits (status 2 for bad input, 1 otherwise); in a multirun the sweep goes on with the next job,
+    and the report lists the failed one with its line.
     """
-    import sys
-    from pathlib import Path
-
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from specfair.config_check import check_config
+
+    hydra = HydraConfig.get() if HydraConfig.initialized() else None
     try:
+        check_config(cfg)
         return task(cfg)
-    except SpecfairError as err:
-        print(f"error: {err}", file=sys.stderr)
-        hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    except Exception as err:
+        if debugging():
+            raise
+        status, line = describe(err)
+        print(f"error: {line}", file=sys.stderr)
         if hydra is not None:
-            Path(hydra.runtime.output_dir, "error.txt").write_text(f"{err}\n", encoding="utf-8")
+            with contextlib.suppress(OSError):  # an unwritable run folder is itself the error being reported
+                Path(hydra.runtime.output_dir, "error.txt").write_text(f"{line}\n", encoding="utf-8")
             if hydra.mode == RunMode.MULTIRUN:
                 return None
-        sys.exit(2)
+        sys.exit(status)

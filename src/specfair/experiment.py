@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from specfair import ROOT
 from specfair.errors import SpecfairError
-from specfair.records import load_train_summary, settings_conflict
+from specfair.records import load_train_summary, settings_conflict, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -216,12 +216,23 @@ def trained_already(step: Step) -> bool:
     return True
 
 
-def evaluated_already(step: Step) -> bool:
-    """A completed run folder made with exactly these overrides (other settings: run again)."""
+def same_overrides(step: Step) -> bool:
     overrides = step.out_dir / ".hydra" / "overrides.yaml"
-    if not (step.out_dir / "summary.json").is_file() or not overrides.is_file():
-        return False
-    return yaml.safe_load(overrides.read_text()) == step.overrides  # task overrides only (no hydra.*)
+    return overrides.is_file() and yaml.safe_load(overrides.read_text()) == step.overrides  # no hydra.*
+
+
+def evaluated_already(step: Step) -> bool:
+    """A completed run folder made with exactly these overrides (other settings: run again).
+
+    A run killed mid-way has partial records and no summary: it is not done, and evaluate.py resumes it in
+    the same folder; partial records of other settings are removed first, or the rerun would refuse them.
+    """
+    if (step.out_dir / "summary.json").is_file() and same_overrides(step):
+        return True
+    if not same_overrides(step):
+        for path in [*step.out_dir.glob("samples.rank*.partial.jsonl"), step.out_dir / "resume.json"]:
+            path.unlink(missing_ok=True)
+    return False
 
 
 def command(step: Step) -> list[str]:
@@ -276,7 +287,7 @@ def write_steps(steps: list[Step], exp_dir: Path) -> None:
         }
         for s in steps
     ]
-    (exp_dir / "steps.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_atomic(exp_dir / "steps.json", json.dumps(rows, indent=2) + "\n")
 
 
 def run_experiment(cfg: DictConfig) -> dict:

@@ -207,11 +207,18 @@ class TrainSummary(Record):
     extra: dict = field(default_factory=dict)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write to a sibling temporary file, then rename: a reader sees the old file or the whole new one."""
+    import os
+
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _read_json(path: Path, kind: str):
@@ -227,7 +234,7 @@ def save_json(record: Record, path: str | Path) -> None:
     data = record.to_dict()
     if "version" in {f.name for f in dataclasses.fields(record)}:
         data["version"] = VERSION
-    _write_atomic(Path(path), json.dumps(data, indent=2) + "\n")
+    write_atomic(Path(path), json.dumps(data, indent=2) + "\n")
 
 
 def load_summary(path: str | Path) -> RunSummary:
@@ -256,7 +263,7 @@ def find_train_summary(draft_path: str | Path | None) -> TrainSummary | None:
 
 def save_samples(records: list[SampleRecord] | list[dict], path: str | Path) -> None:
     lines = (json.dumps(r.to_dict() if isinstance(r, Record) else dict(r)) + "\n" for r in records)
-    _write_atomic(Path(path), "".join(lines))
+    write_atomic(Path(path), "".join(lines))
 
 
 def load_samples(path: str | Path) -> list[SampleRecord]:

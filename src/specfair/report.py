@@ -25,6 +25,7 @@ from specfair.analysis import arms, imbalance, plots, tables, transfer
 from specfair.analysis import comparisons as cmp
 from specfair.analysis.comparisons import Run, compare, draft_label, load_run
 from specfair.errors import SpecfairError
+from specfair.records import write_atomic
 
 __all__ = ["ReportCallback", "build_report", "compare", "find_runs", "load_run", "markdown", "main"]
 
@@ -53,6 +54,8 @@ def find_runs(paths: Iterable[str | Path]) -> tuple[list[Path], list[dict]]:
         if not root.exists():
             raise ValueError(f"{root} does not exist")
         for run in _candidates(root):
+            if (run / "resumed_in.txt").is_file() and not (run / "summary.json").is_file():
+                continue  # a killed run that a later run took over (evaluate.py resume=true)
             if (run / "summary.json").is_file():
                 done.append(run)
             elif not (run / "train_summary.json").is_file():
@@ -119,7 +122,13 @@ def build_report(
     no completed run are shown as missing (an experiment knows them even where a run never started).
     Returns {comparisons, unpaired, failed, imbalance[, transfer]}, the content of report.json.
     """
+    paths = list(paths)
     run_dirs, failed = find_runs(paths)
+    if not run_dirs and not failed:
+        raise SpecfairError(
+            f"{', '.join(map(str, paths))}: no runs found (expected run folders with summary.json, or a sweep "
+            "or experiment folder holding them)"
+        )
     runs = [load_run(d) for d in run_dirs]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -134,8 +143,8 @@ def build_report(
         report["transfer"] = matrix
     if arms.applies(runs):
         report["arms"] = arms.analyze(runs)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out_dir / "report.md").write_text(markdown(report) + "\n")
+    write_atomic(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    write_atomic(out_dir / "report.md", markdown(report) + "\n")
     if results:
         tracking.log_report(report, out_dir, wandb_cfg)
     return report
@@ -196,13 +205,20 @@ def main(argv=None) -> None:
     parser.add_argument("dirs", nargs="+", help="run folders or sweep folders")
     parser.add_argument("--out", default=None, help="report folder (default: the first DIR)")
     parser.add_argument("--wandb", choices=["offline", "online", "disabled"], default="disabled")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     out = Path(args.out or args.dirs[0])
     wandb_cfg = {"enabled": args.wandb != "disabled", "mode": args.wandb}
     try:
         report = build_report(args.dirs, out, wandb_cfg)
-    except (ValueError, SpecfairError) as err:  # a missing folder, a run file cut short: one line
-        sys.exit(f"error: {err}")
+    except Exception as err:  # a missing folder, a run file cut short, an empty folder: one line
+        from specfair.app import describe, one_line
+
+        if args.debug:
+            raise
+        status, line = (2, one_line(err)) if isinstance(err, ValueError) else describe(err)
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(status)
     for r in report["comparisons"]:
         print(r["q1_sentence"])
         print(r["q2_sentence"])

@@ -27,10 +27,17 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
+    """Rendered in memory and written atomically: a killed report never leaves half a PNG."""
+    import io
+
+    from specfair.records import write_atomic
+
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=DPI, format=Path(path).suffix.lstrip(".") or "png")
     _pyplot().close(fig)
-    return path
+    write_atomic(path, buffer.getvalue())
+    return Path(path)
 
 
 def _nan(x: float | None) -> float:

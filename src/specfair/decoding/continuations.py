@@ -26,6 +26,7 @@ from transformers import PreTrainedModel
 
 from specfair.decoding.engine import cache_kwarg, logits_to_probs, new_cache
 from specfair.errors import SpecfairError
+from specfair.records import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def keyed_folder(root: str | Path, kind: str, settings: dict, what: str) -> Path
         probe = folder / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
-        (folder / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+        write_atomic(folder / "settings.json", json.dumps(settings, indent=2) + "\n")
     except OSError as err:
         raise SpecfairError(
             f"paths.cache_dir={root}: cannot write {what} there ({err.strerror}); "

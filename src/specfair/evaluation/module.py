@@ -3,12 +3,14 @@
 
 Prompts are sharded `rank::world_size` without padding, so with N processes every prompt is evaluated exactly
 once; the metric's summed states are reduced across ranks and rank 0 writes `samples.jsonl` and `summary.json`.
-Each rank also appends its records to a `.partial.jsonl` as it goes: a crash leaves them, never a summary.
+Each rank also appends its records to a `.partial.jsonl` as it goes: a crash leaves them, never a summary,
+and rerunning the command continues from them (`specfair.evaluation.resume`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -22,9 +24,11 @@ from specfair.decoding.continuations import ContinuationCache, continuations, pr
 from specfair.decoding.engine import autoregressive_generate, eos_set, now, speculative_generate
 from specfair.decoding.replay import REPLAYED_COUNTERS, expected_acceptance, replay_greedy
 from specfair.evaluation.acceptance import CategoryAcceptance
+from specfair.evaluation.resume import STATE, partial_files, read_partials
 from specfair.models import Pair
-from specfair.records import RunSummary, SampleRecord, save_run
+from specfair.records import RunSummary, SampleRecord, save_run, write_atomic
 
+log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\).*")
 
 
@@ -52,15 +56,42 @@ class EvalModule(pl.LightningModule):
         self.metric = CategoryAcceptance(categories, self.spec["gamma"])
         self.records: list[SampleRecord] = []
 
+    def setup(self, stage: str) -> None:
+        """Take over the records a killed run left (every rank reads them; rank 0 keeps them) and shard the rest.
+
+        Every rank needs at least one prompt (an empty shard would leave the others waiting), so when fewer
+        remain than there are processes, the last finished ones are evaluated again.
+        """
+        done = read_partials(self.out_dir, self.prompts)
+        self.trainer.strategy.barrier()  # all have read before rank 0 rewrites
+        world = self.trainer.world_size
+        finished = {r.index for r in done}
+        remaining = [i for i in range(len(self.prompts)) if i not in finished]
+        if len(remaining) < world:
+            redo = set(sorted(finished)[len(remaining) - world :])
+            done = [r for r in done if r.index not in redo]
+            remaining = sorted([*remaining, *redo])
+        self.shard = remaining[self.global_rank :: world]
+        self.partial = self.out_dir / f"samples.rank{self.global_rank}.partial.jsonl"
+        if self.trainer.is_global_zero:
+            for record in done:
+                self.metric.update(record)
+            self.records = list(done)
+            write_atomic(self.partial, "".join(json.dumps(r.to_dict()) + "\n" for r in done))
+            for path in partial_files(self.out_dir):
+                if path != self.partial:
+                    path.unlink(missing_ok=True)
+            if done:
+                log.info("resuming: %d of %d prompts already evaluated in %s", len(done), len(self.prompts),
+                         self.out_dir)  # fmt: skip
+        self.trainer.strategy.barrier()
+
     def predict_dataloader(self):
-        shard = list(range(len(self.prompts)))[self.global_rank :: self.trainer.world_size]
-        return DataLoader(shard, batch_size=self.batch_size, collate_fn=_as_list)
+        return DataLoader(self.shard, batch_size=self.batch_size, collate_fn=_as_list)
 
     def on_predict_start(self):
         if self.device.type == "cpu" and self.trainer.world_size > 1:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.trainer.num_devices))
-        self.partial = self.out_dir / f"samples.rank{self.global_rank}.partial.jsonl"
-        self.partial.unlink(missing_ok=True)
 
     def keep(self, record: SampleRecord) -> None:
         self.metric.update(record)
@@ -92,6 +123,8 @@ class EvalModule(pl.LightningModule):
             save_run(self.out_dir, records, summary)
         self.trainer.strategy.barrier()
         self.partial.unlink(missing_ok=True)
+        if self.trainer.is_global_zero:
+            (self.out_dir / STATE).unlink(missing_ok=True)
 
 
 class DecodeModule(EvalModule):

@@ -18,6 +18,7 @@ from specfair.data.splits import build_splits
 from specfair.decoding.continuations import ContinuationCache, weights_fingerprint
 from specfair.decoding.engine import check_generation_args, eos_set
 from specfair.errors import SpecfairError
+from specfair.evaluation import resume
 from specfair.evaluation.module import DecodeModule, ReplayModule
 from specfair.models import Pair, load_pair
 from specfair.records import find_train_summary, load_samples, load_summary
@@ -161,6 +162,7 @@ def build_module(cfg, mode, pair, prompts, splits, spec, trainer):
             "or lower trainer.devices"
         )
     meta = run_meta(cfg, mode, splits, prompts, pair, spec, trainer.world_size)
+    resume.prepare(Path(cfg.paths.output_dir), meta, cfg.get("resume", "auto"))
     common = (pair, prompts, splits.categories, spec, int(cfg.seed), Path(cfg.paths.output_dir), meta)
     if mode == "replay":
         cache = continuation_cache(cfg, pair, spec)

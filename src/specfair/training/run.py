@@ -221,9 +221,12 @@ def export(cfg: DictConfig, module: DraftModule, tokenizer, summary: TrainSummar
     module.draft.to("cpu").eval().save_pretrained(tmp / "draft")
     tokenizer.save_pretrained(tmp / "draft")
     save_json(summary, tmp / "train_summary.json")
-    if final.exists():
-        shutil.rmtree(final)
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():  # renames only: a kill here leaves the old export (.old) or the new one, never a mix
+        final.rename(old)
     tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
     save_json(summary, Path(cfg.paths.output_dir) / "train_summary.json")
     from specfair.analysis.plots import training_curve
 
