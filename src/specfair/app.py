@@ -16,6 +16,7 @@ from pathlib import Path
 
 from specfair.errors import SpecfairError
 
+FULL = (errno.ENOSPC, errno.EDQUOT)
 BAD_INPUT = 2  # exit status for bad input; an unexpected error exits 1
 _OURS = "_SPECFAIR_SET_HYDRA_FULL_ERROR"  # HYDRA_FULL_ERROR=1 set by cli(), not by the user
 
@@ -33,7 +34,8 @@ def one_line(text: str) -> str:
         if not line:
             continue
         if out and raw.startswith("\t"):  # a list item ("Available options in 'dataset':" then one per line)
-            out[-1] += (" " if out[-1].endswith(":") else ", ") + line
+            if not line.startswith("_"):  # _common.yaml and the like are building blocks, not options
+                out[-1] += (" " if out[-1].endswith(":") else ", ") + line
         else:
             out.append(line)
     return "; ".join(out) or type(text).__name__
@@ -57,10 +59,11 @@ def describe(err: BaseException) -> tuple[int, str]:
         if cause is not None and str(cause).strip():
             line += f" ({one_line(cause)})"
         return BAD_INPUT, line
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+    if isinstance(err, OSError) and (err.filename or err.errno in FULL):
         where = err.filename or "output"
-        what = "no space left on the device" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "not writable"
-        return BAD_INPUT, f"{where}: {what} ({err.strerror}); free space or choose another folder"
+        if err.errno in FULL:
+            return BAD_INPUT, f"{where}: no space left on the device ({err.strerror}); free space and rerun"
+        return BAD_INPUT, f"{where}: {err.strerror or err}; expected a readable file or a writable folder"
     return 1, f"unexpected {type(err).__name__}: {one_line(err)} (rerun with --debug for the traceback)"
 
 

@@ -98,15 +98,25 @@ def resolve_source(name: str) -> str:
     return str(embedded_folder()) if name == EMBEDDED else name
 
 
-def load_model(name: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
-    """A hub id, a local folder, or `embedded:smollm2-135m-instruct`."""
+def load_model(name: str, dtype: torch.dtype = torch.float32, option: str = "pair.target") -> PreTrainedModel:
+    """A hub id, a local folder, or `embedded:smollm2-135m-instruct`; `option` names it in errors."""
     source = resolve_source(name)
+    if source.startswith(("/", ".", "~")) and not Path(source).expanduser().is_dir():
+        raise SpecfairError(f"{option}={name}: no such folder")
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except OSError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SpecfairError(f"cannot load model {name!r}: {first}") from None
+        raise SpecfairError(f"{option}={name}: cannot load a model there ({_first_line(err)})") from None
+    except Exception as err:  # safetensors header, shape mismatch, unknown architecture
+        raise SpecfairError(
+            f"{option}={name}: cannot load the model ({type(err).__name__}: {_first_line(err)}); the checkpoint "
+            "is corrupt, cut short or of another architecture"
+        ) from None
     return model.eval().requires_grad_(False)
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
@@ -114,8 +124,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise SpecfairError(f"cannot load tokenizer {name!r}: {first}") from None
+        raise SpecfairError(f"cannot load tokenizer {name!r}: {_first_line(err)}") from None
 
 
 def truncated_draft(target: PreTrainedModel, num_layers: int) -> PreTrainedModel:
@@ -203,7 +212,7 @@ def load_pair(pair_cfg, draft_cfg, device: str | torch.device = "cpu") -> Pair:
     if draft_cfg.get("path"):
         check_finetuned(Path(draft_cfg.path), pair_cfg, draft_cfg)
     if draft_source:
-        draft = load_model(draft_source, dtype)
+        draft = load_model(draft_source, dtype, "draft.path" if draft_cfg.get("path") else "pair.draft")
         check_tokenizers(tokenizer, load_tokenizer(draft_source))
     else:
         draft = truncated_draft(target, int(draft_cfg.num_layers))

@@ -228,6 +228,10 @@ def _read_json(path: Path, kind: str):
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise SpecfairError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError as err:
+        raise SpecfairError(
+            f"{path}: not UTF-8 text at byte {err.start} (a binary or damaged file?)"
+        ) from None
 
 
 def save_json(record: Record, path: str | Path) -> None:
@@ -273,13 +277,18 @@ def load_samples(path: str | Path) -> list[SampleRecord]:
     if not path.is_file():
         raise SpecfairError(f"{path}: no samples.jsonl there")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError:
-                raise SpecfairError(f"{path}:{number}: not a JSON line (file cut short?)") from None
-            records.append(SampleRecord.from_dict(data, f"{path}:{number}"))
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise SpecfairError(
+            f"{path}: not UTF-8 text at byte {err.start} (a binary or damaged file?)"
+        ) from None
+    for number, line in enumerate(lines, 1):
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            raise SpecfairError(f"{path}:{number}: not a JSON line (file cut short?)") from None
+        records.append(SampleRecord.from_dict(data, f"{path}:{number}"))
     return records
 
 

@@ -34,12 +34,37 @@ def sweep_group(logger_cfg: Mapping) -> str | None:
     return None
 
 
+def server_reachable(timeout: float = 3.0) -> bool:
+    """Whether the W&B server (WANDB_BASE_URL, default api.wandb.ai) accepts a TCP connection."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((url.hostname or "api.wandb.ai", port), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def run_mode(logger_cfg: Mapping) -> str:
+    """logger.mode, except that online without a reachable server logs offline (within seconds, with a warning)
+    instead of waiting on wandb's retries: the run's results must not depend on the network."""
+    mode = str(logger_cfg.get("mode", "offline"))
+    if mode == "online" and not server_reachable():
+        log.warning("W&B server unreachable: logging offline instead (upload later with `wandb sync`)")
+        return "offline"
+    return mode
+
+
 def _init_args(logger_cfg: Mapping, job_type: str, name: str) -> dict:
     """The `wandb.init` keywords every producer shares."""
     return {
         "project": logger_cfg.get("project", "specfair"),
         "entity": logger_cfg.get("entity"),
-        "mode": logger_cfg.get("mode", "offline"),
+        "mode": run_mode(logger_cfg),
         "group": sweep_group(logger_cfg),
         "tags": list(logger_cfg.get("tags") or []),
         "job_type": job_type,

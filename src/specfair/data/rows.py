@@ -60,7 +60,8 @@ def read_jsonl(path: str | Path) -> list[dict]:
         raise SpecfairError(f"dataset file {path} not found")
     records = []
     with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+        lines = _utf8_lines(f, path)
+        for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
@@ -71,6 +72,15 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 raise SpecfairError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
             records.append(record)
     return records
+
+
+def _utf8_lines(f, path: Path) -> list[str]:
+    try:
+        return f.readlines()
+    except UnicodeDecodeError as err:
+        raise SpecfairError(
+            f"{path}: not UTF-8 text at byte {err.start} (a binary file?); expected JSON lines"
+        ) from None
 
 
 def read_table(path: str | Path) -> list[dict]:
@@ -86,9 +96,15 @@ def read_table(path: str | Path) -> list[dict]:
     import datasets
 
     extra = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
-    return datasets.load_dataset(
-        builders[path.suffix], data_files=str(path), split="train", **extra
-    ).to_list()
+    try:
+        return datasets.load_dataset(
+            builders[path.suffix], data_files=str(path), split="train", **extra
+        ).to_list()
+    except Exception as err:  # pyarrow / pandas parser errors name neither the file nor the fix
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SpecfairError(
+            f"{path}: cannot read it as {builders[path.suffix]} ({type(err).__name__}: {first})"
+        ) from None
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:

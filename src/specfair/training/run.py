@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import zipfile
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -58,6 +59,10 @@ def check_train_cfg(cfg: DictConfig) -> None:
     check_data_cfg(t)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise SpecfairError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint")
+    if cfg.get("ckpt_path") and not zipfile.is_zipfile(cfg.ckpt_path):  # torch.save writes a zip archive
+        raise SpecfairError(
+            f"ckpt_path={cfg.ckpt_path}: not a checkpoint (expected a .ckpt that train.py wrote)"
+        )
     check_export(cfg)
 
 

@@ -1,0 +1,233 @@
+"""Every bad input a user can type ends in one `error:` line naming the file, field or option, exit status 2, and no
+traceback. The table below is also the README's troubleshooting section.
+
+The commands run in this process (runpy, as `python evaluate.py ...` would) to keep 40+ cases fast; the
+subprocess form, with its real exit status and stderr, is checked on a few of them at the end.
+"""
+
+import contextlib
+import io
+import json
+import random
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from specfair import ROOT
+
+# (command, arguments, what the one line must say); FILES/... is the `bad_files` folder
+CASES = [
+    # spec: types and ranges, before any model loads
+    ("evaluate", ["spec.gamma=abc"], "spec.gamma='abc': expected an integer >= 1"),
+    ("evaluate", ["spec.gamma=0"], "spec.gamma=0: expected an integer >= 1"),
+    ("evaluate", ["spec.gamma=4.5"], "spec.gamma=4.5: expected an integer"),
+    ("evaluate", ["spec.max_new_tokens=-1"], "spec.max_new_tokens=-1"),
+    ("evaluate", ["spec.temperature=-0.5"], "spec.temperature=-0.5: expected a number >= 0"),
+    ("evaluate", ["spec.top_p=1.5"], "spec.top_p=1.5: expected a number in (0, 1]"),
+    ("evaluate", ["spec.top_k=0"], "spec.top_k=0"),
+    ("evaluate", ["mode=replay", "spec.batch_size=0"], "spec.batch_size=0"),
+    ("evaluate", ["spec.gamma=[1,2"], "no viable alternative"),
+    ("evaluate", ["spec.foo=1"], "spec.foo: no such option"),
+    # run options
+    ("evaluate", ["mode=sample"], "mode='sample': expected one of decode, replay"),
+    ("evaluate", ["seed=-1"], "seed=-1: expected an integer >= 0"),
+    ("evaluate", ["resume=maybe"], "resume='maybe'"),
+    ("evaluate", ["mode=replay", "compare_to=FILES/nowhere"], "FILES/nowhere: no summary.json there"),
+    ("evaluate", ["compare_to=FILES"], "compare_to=FILES: only a greedy replay"),
+    # datasets
+    ("evaluate", ["dataset=nope"], "Could not find 'dataset/nope'; Available options in 'dataset': agnews"),
+    ("evaluate", ["+dataset.catgory_field=label"], "dataset.catgory_field: unknown key"),
+    ("evaluate", ["dataset.per_category=0"], "dataset.per_category=0: expected an integer >= 1"),
+    ("evaluate", ["dataset.prompt_tokens=many"], "dataset.prompt_tokens='many'"),
+    ("evaluate", ["dataset.imbalance.profile=linear"], "dataset.imbalance.profile='linear'"),
+    ("evaluate", ["dataset=local"], "dataset.path: required with dataset.source=local"),
+    (
+        "evaluate",
+        ["dataset=local", "dataset.path=FILES/none.jsonl"],
+        "dataset.path=FILES/none.jsonl: no such file",
+    ),
+    ("evaluate", ["dataset=local", "dataset.path=FILES/binary.jsonl"], "FILES/binary.jsonl: not UTF-8 text"),
+    ("evaluate", ["dataset=local", "dataset.path=FILES/cut.jsonl"], "FILES/cut.jsonl:2: malformed JSON line"),
+    ("evaluate", ["dataset=local", "dataset.path=FILES/rows.txt"], "FILES/rows.txt: expected .jsonl, .csv"),
+    (
+        "evaluate",
+        ["dataset=local", "dataset.path=FILES/binary.csv"],
+        "FILES/binary.csv: cannot read it as csv",
+    ),
+    # models and checkpoints
+    ("evaluate", ["pair.dtype=fp8"], "pair.dtype='fp8': expected one of auto, float32"),
+    ("evaluate", ["pair.target=FILES/no-model"], "pair.target=FILES/no-model: no such folder"),
+    ("evaluate", ["draft.num_layers=0"], "draft.num_layers=0: expected an integer >= 1"),
+    ("evaluate", ["draft.num_layers=99"], "draft.num_layers=99 must be between 1 and the target's 30 layers"),
+    ("evaluate", ["draft.path=FILES/empty"], "draft.path=FILES/empty holds no model"),
+    (
+        "evaluate",
+        ["draft.path=FILES/corrupt"],
+        "draft.path=FILES/corrupt: cannot load the model (SafetensorError",
+    ),
+    ("evaluate", ["draft.path=FILES/alien"], "draft.path=FILES/alien: cannot load the model"),
+    ("evaluate", ["draft.path=FILES/small-vocab"], "draft scores 8 tokens but the tokenizer has 49152"),
+    # hardware and folders
+    ("evaluate", ["trainer=gpu"], "trainer.accelerator=gpu: no CUDA GPU on this machine"),
+    ("evaluate", ["trainer.devices=0"], "trainer.devices=0: expected an integer >= 1"),
+    ("evaluate", ["+trainer.max_gpus=2"], "trainer.max_gpus: not an argument of lightning's Trainer"),
+    (
+        "evaluate",
+        ["mode=replay", "paths.cache_dir=FILES/binary.jsonl/cache"],
+        "paths.cache_dir=FILES/binary.jsonl",
+    ),
+    ("evaluate", ["hydra.run.dir=FILES/binary.jsonl/run"], "FILES/binary.jsonl"),
+    ("evaluate", ["logger.mode=onlin"], "logger.mode='onlin': expected one of online, offline, disabled"),
+    # training
+    ("train", ["train.optimizer.lr=-1"], "train.optimizer.lr=-1: expected a number > 0"),
+    ("train", ["train.optimizer.lr=0"], "train.optimizer.lr=0: expected a number > 0"),
+    ("train", ["train.batch_size=0"], "train.batch_size=0: expected an integer >= 1"),
+    ("train", ["train.max_steps=-5"], "train.max_steps=-5: expected an integer >= 1"),
+    ("train", ["train.divergence=kl"], "train.divergence='kl': expected one of fkl, rkl, jsd, tvd"),
+    ("train", ["train.kd_weight=2"], "train.kd_weight=2: expected a number in [0, 1]"),
+    ("train", ["train.sampling=fair"], "train.sampling='fair'"),
+    (
+        "train",
+        ["train.data=target", "train.on_policy_fraction=0.5"],
+        "on-policy batches need train.data=text",
+    ),
+    ("train", ["ckpt_path=FILES/none.ckpt"], "ckpt_path=FILES/none.ckpt: no such checkpoint"),
+    ("train", ["ckpt_path=FILES/binary.jsonl"], "ckpt_path=FILES/binary.jsonl: not a checkpoint"),
+    ("train", ["trainer=gpu"], "trainer.accelerator=gpu: no CUDA GPU"),
+    # experiments and the report
+    ("experiment", ["experiment=nope"], "Could not find 'experiment/nope'"),
+    ("report", ["FILES/empty"], "no runs found"),
+    ("report", ["FILES/nowhere"], "FILES/nowhere does not exist"),
+    ("report", ["FILES/corrupt-summary"], "FILES/corrupt-summary/summary.json: not valid JSON"),
+    ("report", ["FILES/binary-summary"], "FILES/binary-summary/summary.json: not UTF-8 text"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory):
+    """Files a user might point the tools at by mistake: binary, cut short, corrupt, of another model."""
+    from conftest import build_tiny_llama
+    from transformers import AutoConfig, AutoTokenizer
+
+    from specfair.models import embedded_folder
+
+    root = tmp_path_factory.mktemp("bad")
+    noise = random.Random(0).randbytes(4000)
+    (root / "binary.jsonl").write_bytes(b"\x9f" + noise)
+    (root / "binary.csv").write_bytes(b"\x00\xff" + noise)
+    (root / "cut.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b"')
+    (root / "rows.txt").write_text("text\n")
+    (root / "empty").mkdir()
+    small = build_tiny_llama(0)
+    small.save_pretrained(root / "small-vocab")
+    AutoTokenizer.from_pretrained(embedded_folder()).save_pretrained(root / "small-vocab")
+    small.save_pretrained(root / "corrupt")
+    weights = root / "corrupt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a download or copy cut short
+    config = AutoConfig.for_model("llama", vocab_size=8, hidden_size=32, num_hidden_layers=1,
+                                  num_attention_heads=4, intermediate_size=64).to_dict()  # fmt: skip
+    (root / "alien").mkdir()
+    (root / "alien" / "config.json").write_text(json.dumps({**config, "model_type": "not-a-model"}))
+    for name, content in (("corrupt-summary", b'{"dataset": '), ("binary-summary", b"\xff\xfe" + noise)):
+        (root / name / ".hydra").mkdir(parents=True)
+        (root / name / "summary.json").write_bytes(content)
+    return root
+
+
+def run_in_process(command: str, args: list[str], out: Path) -> tuple[int | None, str]:
+    """(exit status, stderr) of `python <command>.py ARGS` run here."""
+    if command == "report":
+        argv, target = ["specfair.report", *args], ("module", "specfair.report")
+    else:
+        argv = [f"{command}.py", *args]
+        if not any(a.startswith("logger") for a in args):
+            argv.append("logger=none")
+        if not any(a.startswith("hydra.run.dir=") for a in args):
+            argv.append(f"hydra.run.dir={out}")
+        target = ("path", str(ROOT / f"{command}.py"))
+    err, status = io.StringIO(), None
+    old_argv = sys.argv
+    sys.argv = argv
+    try:
+        with contextlib.redirect_stderr(err):
+            if target[0] == "module":
+                runpy.run_module(target[1], run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(target[1], run_name="__main__")
+    except SystemExit as stop:
+        status = stop.code
+    finally:
+        sys.argv = old_argv
+    return status, err.getvalue()
+
+
+def test_the_table_has_at_least_forty_cases():
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("command, args, message", CASES, ids=[f"{c}:{' '.join(a)}" for c, a, _ in CASES])
+def test_bad_input_is_one_error_line_with_exit_status_2(
+    bad_files, tmp_path, monkeypatch, command, args, message
+):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.delenv("SPECFAIR_DEBUG", raising=False)
+    args = [a.replace("FILES", str(bad_files)) for a in args]
+    status, stderr = run_in_process(command, args, tmp_path / "run")
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert status == 2, stderr[-2000:]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-2000:]
+    assert message.replace("FILES", str(bad_files)) in errors[0], errors[0]
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_the_real_command_line_gives_one_line_and_debug_keeps_the_trace(tmp_path):
+    cmd = [
+        sys.executable,
+        str(ROOT / "evaluate.py"),
+        "spec.gamma=abc",
+        "logger=none",
+        f"hydra.run.dir={tmp_path}",
+    ]
+    plain = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd="/")
+    assert (
+        plain.returncode == 2 and plain.stderr.strip() == "error: spec.gamma='abc': expected an integer >= 1"
+    )
+    assert (tmp_path / "error.txt").read_text().strip() == "spec.gamma='abc': expected an integer >= 1"
+    debug = subprocess.run([*cmd, "--debug"], capture_output=True, text=True, timeout=300, cwd="/")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "SpecfairError" in debug.stderr
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_old_report(tmp_path, monkeypatch):
+    """A simulated ENOSPC while the report writes: one line, exit 2, the previous report.md untouched."""
+    import errno
+
+    import specfair.records as records
+
+    (tmp_path / "report.md").write_text("previous report\n")
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(records, "write_atomic", full)
+    monkeypatch.setattr("specfair.report.write_atomic", full)
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    status, stderr = run_in_process("report", [str(tmp_path / "run"), "--out", str(tmp_path)], tmp_path)
+    assert status == 2 and stderr.count("error:") == 1, stderr
+    assert "no space left on the device" in stderr and "report.json" in stderr
+    assert (tmp_path / "report.md").read_text() == "previous report\n"
+
+
+def test_wandb_online_without_a_network_falls_back_to_offline_quickly(monkeypatch, caplog):
+    import time
+
+    from specfair import tracking
+
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    start = time.perf_counter()
+    assert tracking.run_mode({"mode": "online"}) == "offline"
+    assert time.perf_counter() - start < 5
+    assert "logging offline" in caplog.text
+    assert tracking.run_mode({"mode": "disabled"}) == "disabled"
