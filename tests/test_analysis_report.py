@@ -246,7 +246,7 @@ def test_cli_on_synthetic_runs_and_a_cut_short_file(decode_vs_replay, tmp_path):
     samples = decode_vs_replay / "1_tuned" / "samples.jsonl"
     samples.write_text(samples.read_text()[:-20])
     out = cli(decode_vs_replay, "--out", tmp_path / "out")
-    assert out.returncode == 1 and out.stderr.startswith("error: ") and "samples.jsonl:18" in out.stderr
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and "samples.jsonl:18" in out.stderr
 
 
 def test_report_logs_to_wandb_offline(decode_vs_replay, tmp_path):

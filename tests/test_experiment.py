@@ -109,6 +109,26 @@ def test_a_checkpoint_trained_with_other_settings_is_refused(planned, tmp_path):
     assert trained_already(step)
 
 
+def test_an_evaluation_killed_mid_way_is_not_done_and_keeps_its_records_for_resuming(tmp_path):
+    """Partial records of the same overrides stay (evaluate.py resumes them); of other overrides they go."""
+    import yaml
+
+    from specfair.experiment import evaluated_already
+
+    step = Step("evaluate", "agnews: base", ["dataset=agnews", "draft=base"], tmp_path / "run")
+    (step.out_dir / ".hydra").mkdir(parents=True)
+    (step.out_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(step.overrides))
+    partial = step.out_dir / "samples.rank0.partial.jsonl"
+    partial.write_text("{}\n")
+    assert not evaluated_already(step) and partial.is_file()
+    (step.out_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["dataset=imdb", "draft=base"]))
+    assert not evaluated_already(step) and not partial.exists()
+    (step.out_dir / "summary.json").write_text("{}")
+    assert not evaluated_already(step)  # a summary of other overrides is not this step's
+    (step.out_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(step.overrides))
+    assert evaluated_already(step)
+
+
 TINY = """# @package _global_
 experiment:
   name: tiny
