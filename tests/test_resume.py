@@ -61,7 +61,10 @@ def assert_same_counters(resumed: Path, reference: Path) -> None:
     "overrides",
     [
         ["dataset.per_category=2", "spec.max_new_tokens=8", "seed=3"],
-        ["mode=replay", "spec.batch_size=2", "dataset.per_category=3", "spec.max_new_tokens=8", "seed=3"],
+        pytest.param(
+            ["mode=replay", "spec.batch_size=2", "dataset.per_category=3", "spec.max_new_tokens=8", "seed=3"],
+            marks=pytest.mark.slow,  # the same resume path as decode; make test-all
+        ),
     ],
     ids=["decode", "replay"],
 )
