@@ -56,6 +56,8 @@ def tiny_run(tiny_llama):
             ),
             on_policy_fraction=s["on_policy_fraction"],
             freeze_embeddings=s["freeze_embeddings"],
+            sampling=s["sampling"],
+            group_dro_step=s.get("group_dro_step", 0.1),
         )
         return module, data
 
@@ -90,6 +92,7 @@ def trainer(tmp_path, steps, **kw):
         {"objective": "lm"},
         {"kd_weight": 0.5, "on_policy_fraction": 0.5},
         {"sampling": "balanced"},
+        {"sampling": "group_dro"},
         {"freeze_embeddings": True},
     ],
 )
@@ -106,7 +109,11 @@ def test_every_objective_trains_and_leaves_the_target_untouched(tmp_path, tiny_r
     assert changed
     if overrides.get("freeze_embeddings"):
         assert not changed & {"model.embed_tokens.weight", "lm_head.weight"}
-    assert all(k.startswith(("draft.", "val_metric.")) for k in module.state_dict())  # target never saved
+    assert all(
+        k.startswith(("draft.", "val_metric.", "group_weights")) for k in module.state_dict()
+    )  # no target
+    if overrides.get("sampling") == "group_dro":
+        assert not torch.allclose(module.group_weights, torch.full((3,), 1 / 3))  # the weights moved
 
 
 def test_one_step_lowers_the_loss(tiny_run):
@@ -126,6 +133,25 @@ def test_one_step_lowers_the_loss(tiny_run):
         assert loss().item() < before.item()
 
 
+def test_group_dro_weights_the_worst_category_and_moves_toward_it(tiny_run):
+    """Σ_g q_g·L_g with L_g the mean row loss of category g; q rises for the category with the highest loss and
+    a category absent from the batch keeps its weight relative to the others' update."""
+    module, data = tiny_run(sampling="group_dro", group_dro_step=1.0)
+    data.setup()
+    batch = next(iter(data.val_dataloader()))
+    batch["category"] = torch.tensor([0, 1])  # category 2 absent from this batch
+    t, d = module.logits(batch)
+    rows, _ = module.loss_fn(batch["input_ids"], batch["attention_mask"], t, d, 32, reduction="row")
+    mean, _ = module.loss_fn(batch["input_ids"], batch["attention_mask"], t, d, 32)
+    assert rows.shape == (2,) and torch.isclose(rows.mean(), mean)  # equal row lengths: same mean
+    module.log = lambda *a, **k: None  # outside a Trainer
+    loss, _ = module.objective(batch["category"], batch["input_ids"], batch["attention_mask"], t, d, 32)
+    q = torch.softmax(torch.log(torch.full((3,), 1 / 3)) + torch.tensor([rows[0], rows[1], 0.0]), 0)
+    assert torch.allclose(module.group_weights, q) and torch.isclose(loss, (q[:2] * rows).sum())
+    worst = int(rows.argmax())
+    assert module.group_weights[worst] == module.group_weights.max()
+
+
 def test_warmup_cosine_schedule():
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     scheduler = warmup_cosine(optimizer, warmup_steps=2, total_steps=6, min_lr_ratio=0.1)
@@ -139,10 +165,10 @@ def test_warmup_cosine_schedule():
     assert rates[6:] == pytest.approx([0.1, 0.1])  # held at the floor after total_steps
 
 
-@pytest.mark.parametrize("accumulate", [1, 2])
-def test_resuming_reproduces_the_uninterrupted_run(tmp_path, tiny_run, accumulate):
+@pytest.mark.parametrize("accumulate, sampling", [(1, "natural"), (2, "natural"), (1, "group_dro")])
+def test_resuming_reproduces_the_uninterrupted_run(tmp_path, tiny_run, accumulate, sampling):
     kw = {"accumulate_grad_batches": accumulate, "val_check_interval": 3 * accumulate}
-    straight, data = tiny_run()
+    straight, data = tiny_run(sampling=sampling)
     trainer(tmp_path / "a", 6, **kw).fit(straight, datamodule=data)
 
     class CtrlC(Callback):
@@ -150,15 +176,18 @@ def test_resuming_reproduces_the_uninterrupted_run(tmp_path, tiny_run, accumulat
             if trainer.global_step == 4:  # mid-stream, off a validation boundary
                 raise KeyboardInterrupt
 
-    first, data = tiny_run()
+    first, data = tiny_run(sampling=sampling)
     ckpt = tmp_path / "interrupted.ckpt"
     with pytest.raises(SystemExit):  # Lightning's graceful shutdown after Ctrl-C
         trainer(tmp_path / "b", 6, callbacks=[CtrlC(), SaveOnInterrupt(ckpt)], **kw).fit(
             first, datamodule=data
         )
     assert ckpt.is_file()
-    resumed, data = tiny_run()
+    resumed, data = tiny_run(sampling=sampling)
     trainer(tmp_path / "c", 6, **kw).fit(resumed, datamodule=data, ckpt_path=ckpt)
+    assert torch.equal(
+        resumed.group_weights, straight.group_weights
+    )  # group DRO's weights are in the checkpoint
     assert data.sampler.start == 4 * accumulate * 2  # the stream restarted at the first unseen example
     for k, v in straight.draft.state_dict().items():
         assert torch.equal(v, resumed.draft.state_dict()[k]), k

@@ -302,14 +302,14 @@ def save_run(out_dir: str | Path, records: list, summary: RunSummary) -> None:
 def settings_conflict(summary: TrainSummary, train: dict, imbalance: dict | None) -> str | None:
     """`key.field=found, asked for wanted` for the first training setting an export was made with that differs
     from the asked ones (train.* and the imbalance mix); None when they agree. Settings recorded by neither side
-    (an older summary, or no dataset: the generalist) are not compared."""
+    (an older summary, or no dataset: the generalist), and keys an older summary lacks, are not compared."""
     wanted = {"train": train, "imbalance": imbalance}
     found = {"train": summary.train, "imbalance": summary.data.get("imbalance")}
     for key in ("train", "imbalance"):
         if found[key] is None or wanted[key] is None:
             continue
-        differ = sorted(
-            k for k in set(wanted[key]) | set(found[key]) if wanted[key].get(k) != found[key].get(k)
+        differ = sorted(  # a setting newer than the export (absent from its summary) is not compared
+            k for k in set(wanted[key]) & set(found[key]) if wanted[key].get(k) != found[key].get(k)
         )
         if differ:
             k = differ[0]

@@ -23,14 +23,14 @@ from specfair.training.corpus import TeacherText, continuation_corpus, generalis
 
 log = logging.getLogger(__name__)
 
-SAMPLINGS = ("natural", "balanced", "temperature")
+SAMPLINGS = ("natural", "balanced", "temperature", "group_dro")  # group_dro: natural data, reweighted loss
 
 
 def sampling_weights(categories: list[int], mode: str, temperature: float = 2.0) -> list[float]:
     """One weight per row (unnormalized): natural (as the data comes), balanced (each category the same
     total mass), or temperature (category mass p_c ∝ n_c^(1/temperature), n_c = the category's rows)."""
     counts = {c: categories.count(c) for c in set(categories)}
-    if mode == "natural":
+    if mode in ("natural", "group_dro"):  # group DRO reweights the loss (DraftModule), not the data
         return [1.0] * len(categories)
     if mode == "balanced":
         return [1.0 / counts[c] for c in categories]

@@ -70,6 +70,12 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(1)
 
 
+def row_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-row mean [B] of `values` [B, T] where `mask` is set (0 for a row with nothing counted)."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
 def next_token_views(input_ids, attention_mask, target_logits, draft_logits, vocab: int):
     """Align predictions with what they predict: (labels [B, T-1], mask [B, T-1], p, q logits [B, T-1, vocab]).
 
@@ -105,6 +111,7 @@ class DistillationLoss:
         loss_mask: torch.Tensor | None = None,
         teacher: tuple[torch.Tensor, torch.Tensor] | None = None,
         ce_mask: torch.Tensor | None = None,
+        reduction: str = "mean",
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """ids, masks [B, T]; logits [B, T, V >= vocab] -> (scalar loss, {"ce", "kd"} parts for logging).
 
@@ -113,14 +120,16 @@ class DistillationLoss:
         top_logprobs) [B, T, k] of each token (row j: the target's distribution over token j): distil toward
         it instead of `target_logits` (may then be None; fkl only). `ce_mask` [B, T] further restricts the
         cross-entropy (not on the draft's own samples: that would teach it what it already says).
+        `reduction` "row" returns the loss of each row [B] (for group DRO) instead of the batch's mean.
         """
+        reduce = masked_mean if reduction == "mean" else row_mean
         if target_logits is None:
             target_logits = draft_logits.detach()  # views only; never compared
         labels, mask, t, d = next_token_views(input_ids, attention_mask, target_logits, draft_logits, vocab)
         if loss_mask is not None:
             mask = mask & loss_mask[:, 1:].bool()
         ce_where = mask if ce_mask is None else mask & ce_mask[:, 1:].bool()
-        ce = masked_mean(F.cross_entropy(d.transpose(1, 2).float(), labels, reduction="none"), ce_where)
+        ce = reduce(F.cross_entropy(d.transpose(1, 2).float(), labels, reduction="none"), ce_where)
         if self.objective == "lm":
             return ce, {"ce": ce}
         if teacher is not None:
@@ -132,7 +141,7 @@ class DistillationLoss:
             per_position = stored_divergence(teacher[0][:, 1:], teacher[1][:, 1:], d)
         else:
             per_position = divergence(t, d, self.divergence, self.beta, self.temperature)
-        kd = masked_mean(per_position, mask)
+        kd = reduce(per_position, mask)
         weight = float(self.kd_weight)
         if ce_mask is not None and not ce_where.any():
             return kd, {"ce": ce, "kd": kd}  # nothing for cross-entropy: all of the weight on the divergence

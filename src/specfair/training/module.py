@@ -62,6 +62,8 @@ class DraftModule(pl.LightningModule):
         freeze_embeddings: bool = False,
         seed: int = 0,
         teacher: str = "stored",
+        sampling: str = "natural",
+        group_dro_step: float = 0.1,
     ):
         super().__init__()
         self.draft = draft.train().requires_grad_(True)
@@ -73,6 +75,12 @@ class DraftModule(pl.LightningModule):
         self.on_policy_fraction, self.seed = float(on_policy_fraction), int(seed)
         self.stored_teacher = teacher == "stored"  # "target": ignore a corpus's stored top-k, run the target
         self.val_metric = ExpectedAlpha(categories)
+        self.categories = list(categories)
+        self.group_dro = sampling == "group_dro"
+        self.group_dro_step = float(group_dro_step)
+        # online group DRO (Sagawa et al. 2020): q over categories, q_g ∝ q_g·exp(η·L_g) after every step;
+        # a buffer, so a resumed run continues with the same weights
+        self.register_buffer("group_weights", torch.full((len(categories),), 1.0 / max(1, len(categories))))
         self.history: list[dict] = []
         if freeze_embeddings:  # train the decoder layers only
             for p in [
@@ -156,28 +164,48 @@ class DraftModule(pl.LightningModule):
             "category": batch["category"],
         }, loss_mask
 
+    def objective(self, categories: torch.Tensor, *args, **kwargs):
+        """The loss: the batch mean, or under group DRO Σ_g q_g·L_g with L_g the mean loss of category g's
+        rows in the batch (a category absent from the batch counts 0) and q moved toward the worst ones."""
+        if not self.group_dro:
+            return self.loss_fn(*args, **kwargs)
+        rows, parts = self.loss_fn(*args, reduction="row", **kwargs)
+        k = len(self.categories)
+        sums = torch.zeros(k, device=rows.device, dtype=rows.dtype).index_add(0, categories, rows)
+        counts = torch.zeros(k, device=rows.device, dtype=rows.dtype).index_add(
+            0, categories, torch.ones_like(rows)
+        )
+        group_loss = sums / counts.clamp_min(1)
+        with torch.no_grad():
+            q = self.group_weights * torch.exp(self.group_dro_step * group_loss.detach() * (counts > 0))
+            self.group_weights.copy_(q / q.sum())
+        for name, weight in zip(self.categories, self.group_weights.tolist(), strict=True):
+            self.log(f"train/dro_weight/{name}", weight, on_step=True, on_epoch=False)
+        parts = {name: value.mean() for name, value in parts.items()}
+        return (self.group_weights.to(rows.dtype) * group_loss).sum(), parts
+
     def training_step(self, batch, batch_idx):
         if "top_ids" in batch and not self.stored_teacher:  # full logits from the target on the same tokens
             target_logits, draft_logits = self.logits(batch)
-            loss, parts = self.loss_fn(
-                batch["input_ids"], batch["attention_mask"], target_logits, draft_logits, self.vocab,
-                loss_mask=batch["taught"],
+            loss, parts = self.objective(
+                batch["category"], batch["input_ids"], batch["attention_mask"], target_logits, draft_logits,
+                self.vocab, loss_mask=batch["taught"],
             )  # fmt: skip
         elif "top_ids" in batch:  # a stored teacher (target-written corpus): no target pass, no on-policy
             draft_logits = self.draft(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             ).logits
-            loss, parts = self.loss_fn(
-                batch["input_ids"], batch["attention_mask"], None, draft_logits, self.vocab,
+            loss, parts = self.objective(
+                batch["category"], batch["input_ids"], batch["attention_mask"], None, draft_logits, self.vocab,
                 loss_mask=batch["taught"], teacher=(batch["top_ids"], batch["top_logprobs"]),
             )  # fmt: skip
         else:
             batch, loss_mask = self._on_policy(batch, batch_idx)
             target_logits, draft_logits = self.logits(batch)
             ce_mask = None if loss_mask is None else torch.zeros_like(loss_mask)  # no CE on own samples
-            loss, parts = self.loss_fn(
-                batch["input_ids"], batch["attention_mask"], target_logits, draft_logits, self.vocab,
-                loss_mask=loss_mask, ce_mask=ce_mask,
+            loss, parts = self.objective(
+                batch["category"], batch["input_ids"], batch["attention_mask"], target_logits, draft_logits,
+                self.vocab, loss_mask=loss_mask, ce_mask=ce_mask,
             )  # fmt: skip
         if not torch.isfinite(loss):
             raise SpecfairError(
