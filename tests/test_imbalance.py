@@ -9,14 +9,14 @@ CATEGORIES = ["a", "b", "c", "d"]
 EASE = {"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4}  # what each category gains anyway
 
 
-def comparison(ratio, head, bonus, sampling="natural"):
+def comparison(ratio, head, bonus, sampling="natural", arm="kd"):
     """A fine-tuned run whose head category gains `bonus` on top of its own ease."""
     planned = imbalance_counts(CATEGORIES, 1000, {"ratio": ratio, "head": head})
     total = sum(planned.values())
     head_name = CATEGORIES[head]
     return {
         "dataset": "toy",
-        "finetuned": f"finetuned:toy/kd/rho{ratio}_head{head}_{sampling}",
+        "finetuned": f"finetuned:toy/{arm}/rho{ratio}_head{head}_{sampling}",
         "categories": {
             c: {"gain": {"alpha": {"value": EASE[c] + (bonus if c == head_name else 0.0)}}}
             for c in CATEGORIES
@@ -42,16 +42,21 @@ def result():
 def test_rotation_separates_data_from_category_ease(result):
     natural = {c["ratio"]: c for c in result["conditions"] if c["sampling"] == "natural"}
     # averaged over the four heads, the head's edge is exactly the bonus, whatever each category's ease
-    assert natural[10]["head_minus_rest"]["mean"] == pytest.approx(0.1)
+    assert natural[10]["head_minus_rest"]["value"] == pytest.approx(0.1)
     assert natural[10]["head_minus_rest_validation"] == pytest.approx(0.05)  # the training run's own check
     assert natural[10]["runs"] == 4 and natural[10]["heads"] == CATEGORIES
     # one head only: its low ease shows (0.1 - mean(0.2, 0.3, 0.4))
-    assert natural[1]["head_minus_rest"]["mean"] == pytest.approx(-0.2)
+    assert natural[1]["head_minus_rest"]["value"] == pytest.approx(-0.2)
     ranks = natural[10]["gain_by_rank"]
     assert ranks[0]["mean"] == pytest.approx(0.35) and ranks[-1]["mean"] == pytest.approx(0.25)
     assert ranks[0]["n"] == 4
     balanced = next(c for c in result["conditions"] if c["sampling"] == "balanced")
-    assert balanced["head_minus_rest"]["mean"] == pytest.approx(-0.2)
+    assert balanced["head_minus_rest"]["value"] == pytest.approx(-0.2)
+    # shares equal by design at rho = 1: no slope on them; one seed per rotation: no head − rest interval
+    assert natural[1]["delta"]["value"] is None
+    assert natural[1]["delta"]["why"] == "shares equal by design (rho = 1)"
+    assert natural[10]["head_minus_rest"]["low"] is None and natural[10]["delta"]["over"] == "runs"
+    assert balanced["missing_heads"] == ["b", "c", "d"]
 
 
 def test_sentences_table_and_plot(result, tmp_path):
@@ -60,7 +65,10 @@ def test_sentences_table_and_plot(result, tmp_path):
         "+0.100 at rho=10" in text and "With balanced sampling at rho=10, head minus rest was -0.200" in text
     )
     md = "\n".join(tables.imbalance_section(result))
-    assert "| natural | 10 | 4 | +0.350 |" in md  # gains are changes: signed, like head − rest
+    assert "| kd | natural | 10 | 4 | +0.350 |" in md  # gains are changes: signed, like head − rest
+    assert "| kd | natural | 1 | 1 | n/a (shares equal by design (rho = 1)) | — | — |" in md
+    assert "- kd, balanced sampling, rho=10: no run with head b, c, d;" in md
+    assert "Spearman" not in md
     png = plots.imbalance_plot(result, tmp_path)
     data = png.read_bytes()
     assert png.name == "toy_gain_vs_ratio.png" and data[:4] == b"\x89PNG" and len(data) > 10000
@@ -68,3 +76,19 @@ def test_sentences_table_and_plot(result, tmp_path):
 
 def test_one_ratio_is_not_an_imbalance_experiment():
     assert imbalance.analyze([comparison(10, h, 0.1) for h in range(4)]) == {}
+
+
+def test_arms_are_separate_conditions_and_plot_panels(tmp_path):
+    runs = [
+        comparison(r, h, 0.1, arm=arm)
+        for arm in ("kd_short", "lm_short")
+        for r in (10, 100)
+        for h in range(4)
+    ]
+    result = imbalance.analyze(runs)["toy"]
+    assert [(c["arm"], c["ratio"]) for c in result["conditions"]] == [
+        ("kd_short", 10), ("kd_short", 100), ("lm_short", 10), ("lm_short", 100)
+    ]  # fmt: skip
+    assert [(p["arm"], p["runs"]) for p in result["pooled"]] == [("kd_short", 8), ("lm_short", 8)]
+    assert sum("natural sampling, 8 runs" in s for s in result["sentences"]) == 2
+    assert plots.imbalance_plot(result, tmp_path).read_bytes()[:4] == b"\x89PNG"

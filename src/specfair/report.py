@@ -135,7 +135,8 @@ def build_report(
     pairs, unpaired = cmp.pair_runs(runs)
     results = _comparisons(pairs, out_dir)
     report = {"comparisons": results, "unpaired": unpaired, "failed": failed}
-    report["imbalance"] = imbalance.analyze(results)
+    # the imbalance intervals resample prompts: each fine-tuned run's records beside its base's
+    report["imbalance"] = imbalance.analyze(results, {t.dir: (b.records, t.records) for b, t in pairs})
     for result in report["imbalance"].values():
         result["plot"] = str(plots.imbalance_plot(result, out_dir))
     matrix = _transfer(results, runs, failed, list(expected), out_dir)

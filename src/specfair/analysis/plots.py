@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from specfair.analysis.format import num
+from specfair.analysis.sentences import estimate
 
 DPI = 110
 
@@ -127,35 +128,45 @@ def comparison_plots(result: Mapping, out_dir: Path, prefix: str | None = None) 
 
 
 def imbalance_plot(result: Mapping, out_dir: Path) -> Path:
-    """Mean alpha gain per data rank (head → tail) against rho; bars span the runs; hollow: other samplers."""
+    """Per arm, mean alpha gain per data rank (head → tail) against rho; bars span the runs; hollow: other
+    samplers. The panel title carries δ pooled over ratios (natural sampling) with its CI."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    natural = [c for c in result["conditions"] if c["sampling"] == "natural"]
-    others = [c for c in result["conditions"] if c["sampling"] != "natural"]
-    k = len(natural[0]["gain_by_rank"]) if natural else 0
+    arms = list(dict.fromkeys(c["arm"] for c in result["conditions"]))
+    fig, axes = plt.subplots(1, len(arms), figsize=(6.4 * len(arms), 4.2), squeeze=False)
+    for ax, arm in zip(axes[0], arms, strict=True):
+        conditions = [c for c in result["conditions"] if c["arm"] == arm]
+        pooled = next(
+            (p for p in result.get("pooled", []) if (p["arm"], p["sampling"]) == (arm, "natural")), None
+        )
+        _imbalance_panel(plt, ax, conditions)
+        delta = f"\nnatural, all ratios: {estimate(pooled['delta'])}" if pooled else ""
+        ax.set_title(f"{result['dataset']}, {arm}: alpha gain by data rank{delta}", fontsize=9)
+    return _save(fig, out_dir / f"{result['dataset']}_gain_vs_ratio.png")
+
+
+def _imbalance_panel(plt, ax, conditions: list[Mapping]) -> None:
+    natural = [c for c in conditions if c["sampling"] == "natural"]
+    others = [c for c in conditions if c["sampling"] != "natural"]
+    k = len(conditions[0]["gain_by_rank"])
     names = {0: "head (most data)", k - 1: "tail (least data)"}
     colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(k, 1)))
     for rank in range(k):
-        xs = np.array([c["ratio"] for c in natural]) * (1 + 0.04 * (rank - (k - 1) / 2))
-        points = [c["gain_by_rank"][rank] for c in natural]
-        mean = np.array([p["mean"] for p in points])
-        err = [mean - [p["min"] for p in points], np.array([p["max"] for p in points]) - mean]
-        label = names.get(rank, f"rank {rank + 1}")
-        ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, color=colors[rank], label=label)
+        if natural:
+            xs = np.array([c["ratio"] for c in natural]) * (1 + 0.04 * (rank - (k - 1) / 2))
+            points = [c["gain_by_rank"][rank] for c in natural]
+            mean = np.array([p["mean"] for p in points])
+            err = [mean - [p["min"] for p in points], np.array([p["max"] for p in points]) - mean]
+            label = names.get(rank, f"rank {rank + 1}")
+            ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, color=colors[rank], label=label)
         for c in others:
             p = c["gain_by_rank"][rank]
             ax.plot(c["ratio"] * 1.25, p["mean"], marker="s", mfc="none", color=colors[rank], ls="none")
-    if others:
-        label = f"{others[0]['sampling']} sampler"
-        ax.plot([], [], marker="s", mfc="none", color="grey", ls="none", label=label)
+    for sampling in dict.fromkeys(c["sampling"] for c in others):
+        ax.plot([], [], marker="s", mfc="none", color="grey", ls="none", label=f"{sampling} sampler")
     ax.set_xscale("log")
     ax.set_xlabel("imbalance ratio rho = n_head / n_tail (training data)")
-    ax.set_ylabel("alpha gain over the base draft")
-    ax.set_title(
-        f"{result['dataset']}: alpha gain by data rank (mean over head rotations, bars: range)", fontsize=10
-    )
+    ax.set_ylabel("alpha gain (mean over rotations, bars: range)")
     ax.legend(fontsize=8)
-    return _save(fig, out_dir / f"{result['dataset']}_gain_vs_ratio.png")
 
 
 # --- transfer matrix ---------------------------------------------------------------------------------------

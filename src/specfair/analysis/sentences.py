@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from specfair.analysis.exposure import smallest_p
 from specfair.analysis.format import bounds, interval, num, speedups
 
 # --- one comparison (base vs fine-tuned) ------------------------------------------------------------------
@@ -37,7 +38,10 @@ def q2_sentence(result: Mapping) -> str:
         f"to {num(fair['gain']['best'], sign=True)}"
     )
     q = result.get("q2")
-    if q and q["spearman_tokens_vs_gain"]["rho"] is not None:
+    imbalance = (q or {}).get("imbalance") or {}
+    if q and float(imbalance.get("ratio", 1)) == 1 and imbalance.get("budget"):
+        text += "; training shares are equal by design (rho = 1, one token budget), so no rank correlation"
+    elif q and q["spearman_tokens_vs_gain"]["rho"] is not None:
         s = q["spearman_tokens_vs_gain"]
         token_shares = [v["tokens"] for v in q["shares"].values()]
         text += (
@@ -45,6 +49,8 @@ def q2_sentence(result: Mapping) -> str:
             f"({num(min(token_shares), 2)}–{num(max(token_shares), 2)}) and its gain "
             f"{num(s['rho'], 2, sign=True)} (permutation p = {num(s['p_value'], 2)})"
         )
+        if (floor := smallest_p(len(q["shares"]))) > 0.05:
+            text += f" — with {len(q['shares'])} categories no p falls below {num(floor, 3)}: it cannot reject at 5%"
     elif q:
         text += "; training shares are known but too few categories vary for a rank correlation"
     return text + "."
@@ -53,39 +59,94 @@ def q2_sentence(result: Mapping) -> str:
 # --- Q2 across imbalance ratios -----------------------------------------------------------------------
 
 
-def _natural_condition(c: Mapping) -> str:
-    hmr = c["head_minus_rest"]
-    s = c["spearman_share_vs_gain"]
-    spearman = (
-        f", Spearman(token share, gain) {num(s['rho'], 2, sign=True)}, p = {num(s['p_value'], 2)})"
-        if s["rho"] is not None
-        else ")"
-    )
+def estimate(d: Mapping, name: str = "δ") -> str:
+    """`δ = +0.012 [-0.004, +0.029], detectable ≥ 0.023`; the reason instead where there is no interval."""
+    if d["value"] is None:
+        return f"no {name} ({d['why']})"
+    if d["low"] is None:
+        return f"{name} = {num(d['value'], sign=True)} (no interval: {d['why']})"
+    return f"{name} = {interval(d, sign=True)}, detectable ≥ {num(d['mde'])}"
+
+
+def verdict(d: Mapping) -> str:
+    """What an estimate with its CI and minimum detectable effect (MDE) allows one to say, and no more."""
+    if d["value"] is None or d["low"] is None:
+        return "cannot tell (no interval)"
+    if d["low"] > 0:
+        return "the gain rises with the category's share of the data"
+    if d["high"] < 0:
+        return "the gain falls as the category's share of the data rises"
+    reach = d["high"] if d["high"] >= -d["low"] else d["low"]
+    if abs(reach) <= d["mde"]:
+        return (
+            f"cannot tell: no effect larger than ±{num(d['mde'])} (the CI excludes one), and a smaller one "
+            "this design cannot detect"
+        )
+    return f"inconclusive, cannot tell: the CI still allows δ up to {num(reach, sign=True)}"
+
+
+def _head_minus_rest(c: Mapping) -> str:
+    h = c["head_minus_rest"]
+    rotations = f"{len(c['heads'])} rotation(s) × {len(c['seeds'])} seed(s)"
+    if c.get("missing_heads"):
+        rotations += f", no run with head {', '.join(c['missing_heads'])}"
+    if c["runs"] == 1:
+        return f"{num(h['value'], sign=True)} at rho={c['ratio']:g} (one run, no interval)"
+    if h["low"] is None:
+        return (
+            f"{num(h['value'], sign=True)} at rho={c['ratio']:g} (no interval: {h['why']}; range over "
+            f"{c['runs']} run(s) [{num(h['min'], sign=True)}, {num(h['max'], sign=True)}]; {rotations})"
+        )
     return (
-        f"{num(hmr['mean'], sign=True)} at rho={c['ratio']:g} (range over {c['runs']} run(s) "
-        f"[{num(hmr['min'], sign=True)}, {num(hmr['max'], sign=True)}]" + spearman
+        f"{num(h['value'], sign=True)} at rho={c['ratio']:g} [{num(h['low'], sign=True)}, "
+        f"{num(h['high'], sign=True)}], detectable ≥ {num(h['mde'])} ({rotations})"
+    )
+
+
+def _delta_sentence(dataset: str, arm: str, sampling: str, d: Mapping, scope: str) -> str:
+    over = f" (95% CI over {d['over']})" if d["low"] is not None else ""
+    return (
+        f"{dataset}, {arm}, {sampling} sampling, {scope}: per unit of log training share, a category's alpha gain "
+        f"moved by {estimate(d)}{over}: {verdict(d)}."
     )
 
 
 def imbalance_sentences(result: Mapping) -> list[str]:
-    """Head minus rest per ratio under natural sampling; then each other sampler against natural at its ratio."""
-    natural = [c for c in result["conditions"] if c["sampling"] == "natural"]
-    text = [
-        f"{result['dataset']}, natural sampling: the head category's alpha gain minus the mean gain of the others "
-        "was " + "; ".join(_natural_condition(c) for c in natural) + "."
-    ]
-    for c in result["conditions"]:
-        if c["sampling"] == "natural":
-            continue
-        same = next((n for n in natural if n["ratio"] == c["ratio"]), None)
-        text.append(
-            f"With {c['sampling']} sampling at rho={c['ratio']:g}, head minus rest was "
-            f"{num(c['head_minus_rest']['mean'], sign=True)}"
-            + (f" (natural sampling: {num(same['head_minus_rest']['mean'], sign=True)})" if same else "")
-            + f"; tail-category gain {num(c['gain_by_rank'][-1]['mean'], sign=True)}"
-            + (f" vs {num(same['gain_by_rank'][-1]['mean'], sign=True)}" if same else "")
-            + "."
-        )
+    """Per arm: δ under natural sampling (pooled over ratios) with its verdict, head minus rest per ratio;
+    then each other sampler against natural at its ratio; then what limits the estimates."""
+    text = []
+    for arm in dict.fromkeys(c["arm"] for c in result["conditions"]):
+        conditions = [c for c in result["conditions"] if c["arm"] == arm]
+        natural = [c for c in conditions if c["sampling"] == "natural"]
+        pooled = {p["sampling"]: p for p in result.get("pooled", []) if p["arm"] == arm}
+        if "natural" in pooled:
+            runs = pooled["natural"]["runs"]
+            text.append(
+                _delta_sentence(result["dataset"], arm, "natural", pooled["natural"]["delta"], f"{runs} runs")
+            )
+        else:
+            text += [
+                _delta_sentence(result["dataset"], arm, "natural", c["delta"], f"rho={c['ratio']:g}")
+                for c in natural
+                if c["ratio"] > 1
+            ]
+        if natural:
+            text.append(
+                "The head category's alpha gain minus the mean gain of the others, per rotation then averaged, "
+                "was " + "; ".join(_head_minus_rest(c) for c in natural) + "."
+            )
+        for c in conditions:
+            if c["sampling"] == "natural":
+                continue
+            same = next((n for n in natural if n["ratio"] == c["ratio"]), None)
+            text.append(
+                f"With {c['sampling']} sampling at rho={c['ratio']:g}, head minus rest was "
+                f"{num(c['head_minus_rest']['value'], sign=True)}"
+                + (f" (natural sampling: {num(same['head_minus_rest']['value'], sign=True)})" if same else "")
+                + f"; tail-category gain {num(c['gain_by_rank'][-1]['mean'], sign=True)}"
+                + (f" vs {num(same['gain_by_rank'][-1]['mean'], sign=True)}" if same else "")
+                + f"; {estimate(c['delta'])}."
+            )
     return text
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from specfair.analysis.format import interval, num, rho_p, speedups
+from specfair.analysis.format import interval, num, speedups
 
 
 def _image(path: str | Path) -> str:
@@ -54,25 +54,52 @@ def comparison_section(r: Mapping) -> list[str]:
     return lines + [""] + [_image(p) for p in r.get("plots", [])] + [""]
 
 
+def _estimate_cells(d: Mapping) -> str:
+    """`value [low, high] | MDE | over` for an estimate; the reason in place of an interval where none."""
+    if d["value"] is None:
+        return f"n/a ({d['why']}) | — | —"
+    if d["low"] is None:
+        return f"{num(d['value'], sign=True)} (no interval: {d['why']}) | — | —"
+    return f"{interval(d, sign=True)} | {num(d['mde'])} | {d['over']}"
+
+
 def imbalance_section(result: Mapping) -> list[str]:
-    """Sentences and the table of gain by data rank per (sampler, ratio), then the plot."""
+    """Sentences, what limits them, gain by data rank and head − rest per condition, then δ per condition
+    (and pooled over ratios) with 95% CIs and minimum detectable effects, then the plot."""
     k = len(result["conditions"][0]["gain_by_rank"])
     ranks = ("head" if i == 0 else ("tail" if i == k - 1 else f"rank {i + 1}") for i in range(k))
     lines = [f"## {result['dataset']}: gain by training-data rank across imbalance ratios (Q2)", ""]
     lines += [f"- {s}" for s in result["sentences"]] + [""]
+    if result.get("notes"):
+        lines += ["Limits of these estimates:", ""] + [f"- {n}" for n in result["notes"]] + [""]
     lines += [
-        "| sampling | rho | runs | "
+        "| arm | sampling | rho | runs | "
         + " | ".join(ranks)
-        + " | head − rest [range] | Spearman share vs gain (p) | head − rest, training validation |",
-        "|---" * (k + 6) + "|",
+        + " | head − rest [95% CI] | detectable ≥ | CI over | head − rest, training validation |",
+        "|---" * (k + 8) + "|",
     ]
     for c in result["conditions"]:
-        hmr = c["head_minus_rest"]
         lines.append(
-            f"| {c['sampling']} | {c['ratio']:g} | {c['runs']} | "
+            f"| {c['arm']} | {c['sampling']} | {c['ratio']:g} | {c['runs']}{'*' if c['missing_heads'] else ''} | "
             + " | ".join(num(g["mean"], sign=True) for g in c["gain_by_rank"])
-            + f" | {num(hmr['mean'], sign=True)} [{num(hmr['min'], sign=True)}, {num(hmr['max'], sign=True)}] | "
-            + f"{rho_p(c['spearman_share_vs_gain'])} | {num(c['head_minus_rest_validation'], sign=True)} |"
+            + f" | {_estimate_cells(c['head_minus_rest'])} | {num(c['head_minus_rest_validation'], sign=True)} |"
+        )
+    if any(c["missing_heads"] for c in result["conditions"]):
+        lines += ["", "\\* a head rotation is missing: head − rest over the rotations present (see above)."]
+    lines += [
+        "",
+        "δ: a category's alpha gain per unit of log share of the training tokens it had, with category and run "
+        "effects removed (`analysis/exposure.py`); detectable ≥: the smallest |δ| found 80% of the time at "
+        "two-sided 5%.",
+        "",
+        "| arm | sampling | rho | runs | δ [95% CI] | detectable ≥ | CI over |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = [(c, f"{c['ratio']:g}") for c in result["conditions"]]
+    rows += [(p, "all") for p in result.get("pooled", [])]
+    for c, rho in sorted(rows, key=lambda t: (t[0]["arm"], t[0]["sampling"] != "natural")):
+        lines.append(
+            f"| {c['arm']} | {c['sampling']} | {rho} | {c['runs']} | {_estimate_cells(c['delta'])} |"
         )
     lines += [""]
     if result.get("plot"):
