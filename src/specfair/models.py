@@ -36,8 +36,8 @@ class Pair:
 
     @property
     def vocab_size(self) -> int:
-        """Rows both models score; padding rows beyond the shorter head are never compared."""
-        return shared_vocab_size(self.target, self.draft)
+        """Ids both models score and the tokenizer knows; padding rows are never compared or sampled."""
+        return shared_vocab_size(self.target, self.draft, len(self.tokenizer))
 
 
 def cache_root() -> Path:
@@ -157,8 +157,11 @@ def truncated_draft(target: PreTrainedModel, num_layers: int) -> PreTrainedModel
     return draft.eval().requires_grad_(False)
 
 
-def shared_vocab_size(target: PreTrainedModel, draft: PreTrainedModel) -> int:
-    return min(target.get_output_embeddings().weight.shape[0], draft.get_output_embeddings().weight.shape[0])
+def shared_vocab_size(target: PreTrainedModel, draft: PreTrainedModel, tokens: int | None = None) -> int:
+    """The ids both models score and the tokenizer knows: padded head rows (Pythia 50,304 for 50,277 tokens,
+    Qwen2.5 151,936 for 151,665) are never drafted, verified or sampled, by the engine or the baseline."""
+    rows = min(target.get_output_embeddings().weight.shape[0], draft.get_output_embeddings().weight.shape[0])
+    return min(rows, tokens) if tokens else rows
 
 
 def check_tokenizers(target_tok: PreTrainedTokenizerBase, draft_tok: PreTrainedTokenizerBase) -> None:

@@ -219,16 +219,19 @@ def speculative_generate(
     top_p: float | None = None,
     eos_token_id: int | Iterable[int] | None = None,
     generator: torch.Generator | None = None,
+    vocab: int | None = None,
 ) -> tuple[torch.Tensor, DecodeStats]:
     """New tokens `[1, n]` and counters; at temperature 0 identical to the target's greedy output.
 
     Prefill, then blocks of draft → verify → roll both caches back to the kept tokens, until EOS or the budget.
+    `vocab`: the ids decoded (default: the rows both heads have; `Pair.vocab_size` also bounds it by the
+    tokenizer); pass the same to `autoregressive_generate` so the baseline draws from the same ids.
     """
     check_generation_args(
         gamma=gamma, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p
     )
     device = target.device
-    vocab = shared_vocab_size(target, draft)
+    vocab = min(vocab, shared_vocab_size(target, draft)) if vocab else shared_vocab_size(target, draft)
     eos = eos_set(eos_token_id)
     sampling = (temperature, top_k, top_p, generator)
     stats = DecodeStats()
@@ -272,8 +275,10 @@ def autoregressive_generate(
     top_p: float | None = None,
     eos_token_id: int | Iterable[int] | None = None,
     generator: torch.Generator | None = None,
+    vocab: int | None = None,
 ) -> torch.Tensor:
-    """Plain decoding with the same cache code: the baseline for speedup and for losslessness."""
+    """Plain decoding with the same cache code: the baseline for speedup and for losslessness (`vocab`: the
+    ids it may emit, the engine's slice)."""
     check_generation_args(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
     eos = eos_set(eos_token_id)
     tokens = input_ids[0].tolist()
@@ -281,7 +286,7 @@ def autoregressive_generate(
     cache = new_cache(model)
     with torch.inference_mode():
         for _ in range(max_new_tokens):
-            token, _ = pick(forward(model, cache, tokens)[-1], temperature, top_k, top_p, generator)
+            token, _ = pick(forward(model, cache, tokens)[-1, :vocab], temperature, top_k, top_p, generator)
             tokens.append(token)
             if token in eos:
                 break
