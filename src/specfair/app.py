@@ -67,12 +67,24 @@ def describe(err: BaseException) -> tuple[int, str]:
     return 1, f"unexpected {type(err).__name__}: {one_line(err)} (rerun with --debug for the traceback)"
 
 
+def check_launcher(args: list[str]) -> None:
+    """A SLURM launcher needs `sbatch`: outside a cluster, one line instead of submitit's traceback."""
+    import shutil
+
+    for arg in args:
+        if arg.startswith("hydra/launcher=") and "slurm" in arg and shutil.which("sbatch") is None:
+            print(f"error: {arg}: no SLURM on this machine (sbatch not found); try the sweep here with "
+                  "hydra/launcher=submitit_local", file=sys.stderr)  # fmt: skip
+            sys.exit(BAD_INPUT)
+
+
 def cli(hydra_main) -> None:
     """Run a `@hydra.main` function as a command: every error one line on stderr, nothing half-written."""
     if "--debug" in sys.argv:
         sys.argv.remove("--debug")
         os.environ["SPECFAIR_DEBUG"] = "1"  # inherited by DDP workers and experiment steps
     debug = debugging()
+    check_launcher(sys.argv[1:])
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its own report
     os.environ[_OURS] = "1"
     try:
