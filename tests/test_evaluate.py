@@ -86,13 +86,17 @@ def test_run_writes_complete_per_category_results(single_run):
     assert list((out / "wandb").glob("offline-run-*")), "W&B offline run missing"
 
 
-def test_two_processes_evaluate_every_prompt_once_and_agree(single_run, tmp_path):
+@pytest.mark.parametrize(
+    "devices", [2, pytest.param(3, marks=pytest.mark.slow)]
+)  # 3: uneven shards (3, 3, 2)
+def test_several_processes_evaluate_every_prompt_once_and_agree(single_run, tmp_path, devices):
     out, _ = single_run
-    result = run_evaluate(*SMALL, "logger=none", "trainer=ddp_cpu", f"hydra.run.dir={tmp_path}")
+    result = run_evaluate(*SMALL, "logger=none", "trainer=ddp_cpu", f"trainer.devices={devices}",
+                          f"hydra.run.dir={tmp_path}")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     one = json.loads((out / "summary.json").read_text())
     two = json.loads((tmp_path / "summary.json").read_text())
-    assert two["world_size"] == 2
+    assert two["world_size"] == devices
     for scope in ["overall", *one["categories"]]:
         a = one["overall"] if scope == "overall" else one["categories"][scope]
         b = two["overall"] if scope == "overall" else two["categories"][scope]
