@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,6 +30,24 @@ def build_tiny_llama(seed: int, vocab: int = 8, layers: int = 2, init: float = 0
         pad_token_id=None,
     )
     return LlamaForCausalLM(config).eval().requires_grad_(False)
+
+
+@contextlib.contextmanager
+def feeds(**models):
+    """{name: [tokens fed per forward call]} while inside: forward pre-hooks on each named model."""
+    fed = {name: [] for name in models}
+    hooks = [
+        model.register_forward_pre_hook(
+            lambda module, args, kwargs, name=name: fed[name].append(kwargs["input_ids"].shape[1]),
+            with_kwargs=True,
+        )
+        for name, model in models.items()
+    ]
+    try:
+        yield fed
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def compose_app_cfg(*overrides, config="evaluate"):

@@ -10,6 +10,8 @@ import copy
 
 import pytest
 import torch
+from conftest import feeds
+from test_metrics import record
 from torch import nn
 
 from specfair.decoding.engine import autoregressive_generate, logits_to_probs, speculative_generate
@@ -69,17 +71,8 @@ def test_draft_is_fed_exactly_what_its_cache_lacks(close_pair):
     rejection, and the 2-token catch-up is only exercised after a fully accepted block.
     """
     target, draft = close_pair
-    fed = {"target": [], "draft": []}
-
-    def spy(name):
-        return lambda module, args, kwargs: fed[name].append(kwargs["input_ids"].shape[1])
-
-    hooks = [
-        target.register_forward_pre_hook(spy("target"), with_kwargs=True),
-        draft.register_forward_pre_hook(spy("draft"), with_kwargs=True),
-    ]
     blocks = full = rejections = 0
-    try:
+    with feeds(target=target, draft=draft) as fed:
         for gamma, max_new, eos in [(2, 30, None), (4, 30, None), (5, 23, None), (3, 40, 9)]:
             for prompt in PROMPTS:
                 fed["target"].clear()
@@ -103,9 +96,6 @@ def test_draft_is_fed_exactly_what_its_cache_lacks(close_pair):
                 full += sum(
                     n == g > 0 for n, g in zip(stats.accept_lengths, stats.proposed_lengths, strict=True)
                 )
-    finally:
-        for h in hooks:
-            h.remove()
     assert full >= 0.2 * blocks and rejections >= 0.1 * blocks, (full, rejections, blocks)
 
 
@@ -222,21 +212,8 @@ def test_predicted_speedup_is_the_leviathan_formula(alpha, gamma, c):
 
 
 def timed_record(category, accept, propose, wall, base_wall, draft_s):
-    new_tokens = 1 + sum(n + 1 for n in accept)
-    return {
-        "category": category,
-        "new_tokens": new_tokens,
-        "proposed": sum(propose),
-        "accepted": sum(accept),
-        "blocks": len(accept),
-        "rejections": sum(n < g for n, g in zip(accept, propose, strict=True)),
-        "accept_lengths": accept,
-        "proposed_lengths": propose,
-        "wall_s": wall,
-        "baseline_wall_s": base_wall,
-        "baseline_new_tokens": new_tokens,  # greedy: the target alone emits the same tokens
-        "draft_s": draft_s,
-    }
+    """A greedy record: the target alone emits as many tokens as the engine."""
+    return record(category, accept, propose, 1 + sum(n + 1 for n in accept), wall, base_wall, draft_s=draft_s)
 
 
 def test_speedup_and_predicted_speedup_values_from_known_wall_times():

@@ -2,6 +2,7 @@ import itertools
 
 import pytest
 import torch
+from conftest import feeds
 from scipy.stats import chisquare
 
 from specfair.decoding.engine import autoregressive_generate, logits_to_probs, speculative_generate
@@ -77,21 +78,9 @@ def test_eos_stops_exactly_like_the_target(tiny_pair):
 def test_caches_are_reused_not_recomputed(tiny_pair):
     """The target is fed each prompt token once and then gamma_b + 1 tokens per block; the draft never more."""
     target, draft = tiny_pair
-    fed = {"target": [], "draft": []}
-
-    def spy(name):
-        return lambda module, args, kwargs: fed[name].append(kwargs["input_ids"].shape[1])
-
-    hooks = [
-        target.register_forward_pre_hook(spy("target"), with_kwargs=True),
-        draft.register_forward_pre_hook(spy("draft"), with_kwargs=True),
-    ]
-    try:
-        prompt = PROMPTS[2]
+    prompt = PROMPTS[2]
+    with feeds(target=target, draft=draft) as fed:
         out, stats = speculative_generate(target, draft, torch.tensor([prompt]), gamma=3, max_new_tokens=25)
-    finally:
-        for h in hooks:
-            h.remove()
     assert fed["target"] == [len(prompt)] + [g + 1 for g in stats.proposed_lengths]
     assert len(fed["target"]) == stats.target_calls
     # the draft reads the prompt once, then 1 token per step, or 2 after a fully accepted block (bonus catch-up)
