@@ -54,6 +54,7 @@ from specfair.records import ratio as ratio_of
 SAMPLES = ROOT / "data" / "samples"
 PROMPT_TOKENS = 32
 METHODS = ("target", "hf_assisted", "engine")
+COMPILED = ("target_compiled", "engine_compiled")  # --compile: static caches, CUDA graphs on a GPU
 
 # The embedded target's config (SmolLM2-135M-Instruct), written out so --random-weights needs no model files.
 SMOLLM2_135M = dict(
@@ -73,6 +74,15 @@ SMOLLM2_135M = dict(
     eos_token_id=2,
     pad_token_id=2,
 )
+# The family's larger members (their published configs), for --random-weights timing at those shapes.
+SHAPES = {
+    "135m": SMOLLM2_135M,
+    "360m": {**SMOLLM2_135M, "hidden_size": 960, "intermediate_size": 2560, "num_hidden_layers": 32,
+             "num_attention_heads": 15, "num_key_value_heads": 5},
+    "1.7b": {**SMOLLM2_135M, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
+             "num_attention_heads": 32, "num_key_value_heads": 32,
+             "rope_parameters": {"rope_theta": 130000.0, "rope_type": "default"}},
+}  # fmt: skip
 
 console = Console()
 
@@ -110,8 +120,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="target and draft with random weights from the embedded config (timing only)",
     )
+    parser.add_argument(
+        "--shape", choices=list(SHAPES), help="with --random-weights: the target's shape (default: embedded)"
+    )
+    parser.add_argument(
+        "--draft-shape",
+        choices=list(SHAPES),
+        help="with --random-weights: a separate random draft of this shape instead of the truncated target",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="also time target and engine with spec.compile (static caches)"
+    )
     parser.add_argument("--json", type=Path, help="write the results to this file")
     args = parser.parse_args(argv)
+    if (args.shape or args.draft_shape) and not args.random_weights:
+        parser.error("--shape/--draft-shape need --random-weights (no weights of those shapes ship here)")
     for name in ("prompts", "max_new_tokens", "gamma", "draft_layers", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -141,12 +164,21 @@ def embedded_config() -> LlamaConfig:
 
 def build_models(args, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedModel, str]:
     """Target, draft and a one-line description of the draft."""
+
+    def random(shape: str | None) -> PreTrainedModel:
+        config = LlamaConfig(**SHAPES[shape]) if shape else embedded_config()
+        with torch.device(args.device):  # initialised where it runs: a 1.7B init takes long on CPU
+            return LlamaForCausalLM(config).to(dtype).eval().requires_grad_(False)
+
     if args.random_weights:
         torch.manual_seed(0)
-        target = LlamaForCausalLM(embedded_config()).to(dtype).eval().requires_grad_(False)
+        target = random(args.shape)
     else:
         target = load_model(EMBEDDED, dtype)
-    if args.draft_path:
+    if args.draft_shape:
+        torch.manual_seed(1)
+        draft, label = random(args.draft_shape), f"random weights, {args.draft_shape} shape"
+    elif args.draft_path:
         draft, label = load_model(args.draft_path, dtype), f"{args.draft_path}"
     else:
         draft, label = truncated_draft(target, args.draft_layers), f"first {args.draft_layers} target layers"
@@ -185,11 +217,15 @@ def configure_assistant(draft: PreTrainedModel, gamma: int) -> None:
 Generate = Callable[[torch.Tensor], tuple[list[int], DecodeStats | None]]
 
 
-def make_methods(target, draft, *, gamma: int, max_new_tokens: int, eos: int | None) -> dict[str, Generate]:
+def make_methods(
+    target, draft, *, gamma: int, max_new_tokens: int, eos: int | None, compiled: bool = False
+) -> dict[str, Generate]:
     """Each method maps a `[1, L]` prompt to (new token ids, engine stats or None)."""
 
-    def plain(ids):
-        out = autoregressive_generate(target, ids, max_new_tokens=max_new_tokens, eos_token_id=eos)
+    def plain(ids, compiled=False):
+        out = autoregressive_generate(
+            target, ids, max_new_tokens=max_new_tokens, eos_token_id=eos, compiled=compiled
+        )
         return out[0].tolist(), None
 
     def hf_assisted(ids):  # gamma and the schedule come from draft.generation_config: configure_assistant
@@ -204,13 +240,23 @@ def make_methods(target, draft, *, gamma: int, max_new_tokens: int, eos: int | N
         )
         return out[0, ids.shape[1] :].tolist(), None
 
-    def engine(ids):
+    def engine(ids, compiled=False):
         out, stats = speculative_generate(
-            target, draft, ids, gamma=gamma, max_new_tokens=max_new_tokens, eos_token_id=eos
+            target,
+            draft,
+            ids,
+            gamma=gamma,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            compiled=compiled,
         )
         return out[0].tolist(), stats
 
-    return {"target": plain, "hf_assisted": hf_assisted, "engine": engine}
+    methods = {"target": plain, "hf_assisted": hf_assisted, "engine": engine}
+    if compiled:
+        methods["target_compiled"] = lambda ids: plain(ids, compiled=True)
+        methods["engine_compiled"] = lambda ids: engine(ids, compiled=True)
+    return methods
 
 
 @dataclass
@@ -274,8 +320,8 @@ def benchmark(methods: dict[str, Generate], prompts, repeats: int, device: str) 
     return runs
 
 
-def check_identical(runs: dict[str, list[Run]], prompts: list[torch.Tensor]) -> None:
-    """Every method, every repeat, every prompt: the same tokens as the target's first run."""
+def check_identical(runs: dict[str, list[Run]], prompts: list[torch.Tensor]) -> str | None:
+    """Every method, every repeat, every prompt: the same tokens as the target's first run; else what differs."""
     reference = runs["target"][0].outputs
     for name, method_runs in runs.items():
         for r, run in enumerate(method_runs):
@@ -285,11 +331,12 @@ def check_identical(runs: dict[str, list[Run]], prompts: list[torch.Tensor]) -> 
                         (k for k, (a, b) in enumerate(zip(got, want, strict=False)) if a != b),
                         min(len(got), len(want)),
                     )
-                    sys.exit(
+                    return (
                         f"FAIL: {name} (repeat {r + 1}) differs from target greedy on prompt {i} "
                         f"(prompt ids {prompts[i][0, :8].tolist()}...) at new token {at}: "
                         f"{got[at : at + 5]} vs {want[at : at + 5]} ({len(got)} vs {len(want)} tokens)"
                     )
+    return None
 
 
 # --- metrics ----------------------------------------------------------------------------------------
@@ -308,17 +355,31 @@ def summarize(runs: dict[str, list[Run]], gamma: int) -> dict:
     rejections = sum(s.rejections for s in stats)
     proposed = sum(s.proposed for s in stats)
     alpha = ratio_of(accepted, accepted + rejections)
-    costs, verify_costs = [], []
-    for engine_run, target_run in zip(runs["engine"], runs["target"], strict=True):
-        target_step_s = target_run.seconds / target_run.tokens
-        steps = sum(sum(s.proposed_lengths) for s in engine_run.stats)
-        costs.append(sum(s.draft_s for s in engine_run.stats) / steps / target_step_s)
-        blocks = sum(s.blocks for s in engine_run.stats)
-        verify_costs.append(sum(s.verify_s for s in engine_run.stats) / blocks / target_step_s)
-    c, v = statistics.median(costs), statistics.median(verify_costs)
+    c, v, costs = cost_ratios(runs["engine"], runs["target"])
     predicted = predicted_speedup(alpha, gamma, c)
     predicted_with_verify = predicted_speedup(alpha, gamma, c, v)
     measured = ratio("engine", "target")
+    ratios = {
+        "engine/target": measured,
+        "hf_assisted/target": ratio("hf_assisted", "target"),
+        "engine/hf_assisted": ratio("engine", "hf_assisted"),
+    }
+    compiled = {}
+    if "engine_compiled" in runs:
+        ratios.update({
+            "target_compiled/target": ratio("target_compiled", "target"),
+            "engine_compiled/target_compiled": ratio("engine_compiled", "target_compiled"),
+            "engine_compiled/target": ratio("engine_compiled", "target"),
+            "engine_compiled/hf_assisted": ratio("engine_compiled", "hf_assisted"),
+        })  # fmt: skip
+        cc, cv, _ = cost_ratios(runs["engine_compiled"], runs["target_compiled"])
+        compiled = {
+            "cost_ratio_c": cc,
+            "verify_cost_ratio_v": cv,
+            "predicted_speedup": predicted_speedup(alpha, gamma, cc),
+            "predicted_speedup_with_verify_cost": predicted_speedup(alpha, gamma, cc, cv),
+            "measured_speedup": ratios["engine_compiled/target_compiled"],
+        }
     return {
         "tokens": runs["target"][0].tokens,
         "tokens_per_s": {
@@ -329,11 +390,8 @@ def summarize(runs: dict[str, list[Run]], gamma: int) -> dict:
             }
             for name, rs in runs.items()
         },
-        "ratios": {
-            "engine/target": measured,
-            "hf_assisted/target": ratio("hf_assisted", "target"),
-            "engine/hf_assisted": ratio("engine", "hf_assisted"),
-        },
+        "ratios": ratios,
+        "engine_compiled": compiled,
         "engine": {
             "alpha": alpha,
             "acceptance_rate": accepted / proposed if proposed else math.nan,
@@ -357,6 +415,39 @@ def summarize(runs: dict[str, list[Run]], gamma: int) -> dict:
     }
 
 
+def cost_ratios(engine_runs: list[Run], target_runs: list[Run]) -> tuple[float, float, list[float]]:
+    """Medians over repeats of c (draft s per drafted token) and v (verify s per block), each over the target's
+    s per token in the same repeat; and c per repeat."""
+    costs, verify_costs = [], []
+    for engine_run, target_run in zip(engine_runs, target_runs, strict=True):
+        target_step_s = target_run.seconds / target_run.tokens
+        steps = sum(sum(s.proposed_lengths) for s in engine_run.stats)
+        costs.append(sum(s.draft_s for s in engine_run.stats) / max(steps, 1) / target_step_s)
+        blocks = sum(s.blocks for s in engine_run.stats)
+        verify_costs.append(sum(s.verify_s for s in engine_run.stats) / max(blocks, 1) / target_step_s)
+    return statistics.median(costs), statistics.median(verify_costs), costs
+
+
+def bandwidth_floor(target: PreTrainedModel, device: str) -> dict:
+    """The least time a target forward can take on this GPU: its weight bytes read once at the copy bandwidth
+    measured here (bytes read + written by a 1 GiB device-to-device copy)."""
+    weight_bytes = sum(p.numel() * p.element_size() for p in target.parameters())
+    src = torch.empty(2**28, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    start = now(torch.device(device))
+    for _ in range(10):
+        dst.copy_(src)
+    seconds = now(torch.device(device)) - start
+    bandwidth = 2 * src.numel() * src.element_size() * 10 / seconds
+    del src, dst
+    return {
+        "weight_bytes": weight_bytes,
+        "bandwidth_GBps": bandwidth / 1e9,
+        "floor_ms": 1e3 * weight_bytes / bandwidth,
+    }
+
+
 # --- report -----------------------------------------------------------------------------------------
 
 
@@ -367,7 +458,7 @@ def print_report(summary: dict, repeats: int) -> None:
     speed.add_column("method")
     speed.add_column("tokens/s (median)", justify="right")
     speed.add_column("per repeat", justify="right")
-    for name in METHODS:
+    for name in summary["tokens_per_s"]:
         tps = summary["tokens_per_s"][name]
         speed.add_row(name, f"{tps['median']:.1f}", "  ".join(f"{x:.1f}" for x in tps["repeats"]))
     console.print(speed)
@@ -402,6 +493,16 @@ def print_report(summary: dict, repeats: int) -> None:
         ("predicted with v: (1-a^(g+1))/((1-a)(gc+v))", f"{e['predicted_speedup_with_verify_cost']:.3f}"),
         ("measured vs predicted with v", f"{e['prediction_with_verify_cost_error_pct']:+.1f} %"),
     ]
+    for k, value in summary.get("engine_compiled", {}).items():
+        rows.append((f"compiled: {k}", f"{value:.3f}"))
+    floor = summary.get("bandwidth_floor")
+    if floor:
+        rows.append(("target weights / measured copy bandwidth", f"{floor['floor_ms']:.3f} ms "
+                     f"({floor['weight_bytes'] / 1e9:.2f} GB at {floor['bandwidth_GBps']:.0f} GB/s)"))  # fmt: skip
+        for name in ("target", "target_compiled"):
+            if f"{name}_ms_per_token" in floor:
+                rows.append((f"{name} ms per token (x floor)",
+                             f"{floor[f'{name}_ms_per_token']:.3f} ({floor[f'{name}_over_floor']:.1f}x)"))  # fmt: skip
     for row in rows:
         model.add_row(*row)
     console.print(model)
@@ -433,7 +534,9 @@ def main(argv: list[str] | None = None) -> None:
     eos = tokenizer.eos_token_id if tokenizer is not None else target.config.eos_token_id
     configure_assistant(draft, args.gamma)
     prompts = [torch.tensor([ids], device=args.device) for ids in prompts]
-    methods = make_methods(target, draft, gamma=args.gamma, max_new_tokens=args.max_new_tokens, eos=eos)
+    methods = make_methods(
+        target, draft, gamma=args.gamma, max_new_tokens=args.max_new_tokens, eos=eos, compiled=args.compile
+    )
 
     config = {
         "target": "random weights, embedded config" if args.random_weights else EMBEDDED,
@@ -467,18 +570,30 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"FAIL: hf_assisted drafted up to {max(rounds)} tokens per round, not gamma={args.gamma}")
 
     runs = benchmark(methods, prompts, args.repeats, args.device)
-    check_identical(runs, prompts)
-    console.print(
-        f"[green]identical[/]: all {len(METHODS)} methods gave the same tokens on all "
-        f"{len(prompts)} prompts in all {args.repeats} repeats"
-    )
+    mismatch = check_identical(runs, prompts)  # reported after the timings, which stay worth keeping
+    if not mismatch:
+        console.print(
+            f"[green]identical[/]: all {len(methods)} methods gave the same tokens on all "
+            f"{len(prompts)} prompts in all {args.repeats} repeats"
+        )
     summary = summarize(runs, args.gamma)
     summary["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
+    if args.device == "cuda":
+        floor = bandwidth_floor(target, args.device)
+        for name in ("target", "target_compiled"):
+            if name in summary["tokens_per_s"]:
+                per_token_ms = 1e3 / summary["tokens_per_s"][name]["median"]
+                floor[f"{name}_ms_per_token"] = per_token_ms
+                floor[f"{name}_over_floor"] = per_token_ms / floor["floor_ms"]
+        summary["bandwidth_floor"] = floor
     print_report(summary, args.repeats)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"config": config, "hf_rounds_warmup": rounds, **summary}, indent=2))
+        record = {"config": config, "hf_rounds_warmup": rounds, "identical": mismatch is None, **summary}
+        args.json.write_text(json.dumps(record, indent=2))
         console.print(f"wrote {args.json}")
+    if mismatch:
+        sys.exit(mismatch)
 
 
 if __name__ == "__main__":

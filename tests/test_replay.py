@@ -174,6 +174,7 @@ def test_real_pair_replay_equals_decoding_on_64_bundled_prompts(real_pair, tmp_p
         assert {k: counters[k] for k in COUNTERS} == {k: decoded[k] for k in COUNTERS}
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_replay_equals_the_engine_on_cuda(tiny_pair):
     """The same exactness on a GPU (float32), and the sampled expectation runs with every tensor on the device."""

@@ -76,6 +76,7 @@ SPEC: Schema = {
     "top_k": optional(integer(1)),
     "top_p": optional(number(0, 1, above=True)),
     "batch_size": integer(1),
+    "compile": BOOL,
 }
 DRAFT: Schema = {
     "name": TEXT,

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from specfair.decoding.static import StaticKV, static_kv
 from specfair.errors import SpecfairError
 from specfair.models import shared_vocab_size
 
@@ -95,16 +96,27 @@ def cache_kwarg(model: PreTrainedModel) -> str:
     return _CACHE_KWARG[kind]
 
 
-def forward(model: PreTrainedModel, cache: DynamicCache, tokens: list[int], keep: int = 1) -> torch.Tensor:
+def new_caches(models, max_len: int, compiled: bool) -> list[DynamicCache | StaticKV]:
+    """One empty cache per model: dynamic, or with `compiled` static with CUDA graphs (`static.py`)."""
+    if compiled:
+        return [static_kv(m, max_len, role=i) for i, m in enumerate(models)]
+    return [new_cache(m) for m in models]
+
+
+def forward(model: PreTrainedModel, cache, tokens: list[int], keep: int = 1) -> torch.Tensor:
     """Feed the tokens the cache lacks; return the logits of the last `keep` positions, float32 [keep, V]."""
+    if isinstance(cache, StaticKV):
+        return cache.feed(tokens[cache.length :], keep)
     start = cache.get_seq_length()
     ids = torch.tensor([tokens[start:]], device=model.device)
     out = model(input_ids=ids, use_cache=True, logits_to_keep=keep, **{cache_kwarg(model): cache})
     return out.logits[0, -keep:].float()
 
 
-def rollback(cache: DynamicCache, length: int) -> None:
+def rollback(cache, length: int) -> None:
     """Drop cached positions past `length` (a negative crop means "remove that many" in every version)."""
+    if isinstance(cache, StaticKV):
+        return cache.rollback(length)
     extra = cache.get_seq_length() - length
     if extra > 0:
         cache.crop(-extra)
@@ -220,12 +232,14 @@ def speculative_generate(
     eos_token_id: int | Iterable[int] | None = None,
     generator: torch.Generator | None = None,
     vocab: int | None = None,
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, DecodeStats]:
     """New tokens `[1, n]` and counters; at temperature 0 identical to the target's greedy output.
 
     Prefill, then blocks of draft → verify → roll both caches back to the kept tokens, until EOS or the budget.
     `vocab`: the ids decoded (default: the rows both heads have; `Pair.vocab_size` also bounds it by the
     tokenizer); pass the same to `autoregressive_generate` so the baseline draws from the same ids.
+    `compiled`: static caches, CUDA graphs on a GPU (`spec.compile`); the same tokens either way.
     """
     check_generation_args(
         gamma=gamma, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p
@@ -237,7 +251,7 @@ def speculative_generate(
     stats = DecodeStats()
     tokens = input_ids[0].tolist()
     start = len(tokens)
-    t_cache, d_cache = new_cache(target), new_cache(draft)
+    t_cache, d_cache = new_caches((target, draft), start + max_new_tokens + gamma + 1, compiled)
 
     with torch.inference_mode():
         t0 = now(device)
@@ -276,14 +290,15 @@ def autoregressive_generate(
     eos_token_id: int | Iterable[int] | None = None,
     generator: torch.Generator | None = None,
     vocab: int | None = None,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Plain decoding with the same cache code: the baseline for speedup and for losslessness (`vocab`: the
-    ids it may emit, the engine's slice)."""
+    ids it may emit, the engine's slice; `compiled`: as in `speculative_generate`)."""
     check_generation_args(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
     eos = eos_set(eos_token_id)
     tokens = input_ids[0].tolist()
     start = len(tokens)
-    cache = new_cache(model)
+    (cache,) = new_caches((model,), start + max_new_tokens + 1, compiled)
     with torch.inference_mode():
         for _ in range(max_new_tokens):
             token, _ = pick(forward(model, cache, tokens)[-1, :vocab], temperature, top_k, top_p, generator)

@@ -138,7 +138,8 @@ class DecodeModule(EvalModule):
     def _generate(self, ids: torch.Tensor, index: int, speculative: bool, max_new_tokens: int):
         sampling = {k: self.spec.get(k) for k in ("temperature", "top_k", "top_p")}
         kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=self.eos_token_id, vocab=self.vocab,
-                      generator=prompt_generator(self.seed, index, self.device), **sampling)  # fmt: skip
+                      generator=prompt_generator(self.seed, index, self.device),
+                      compiled=bool(self.spec.get("compile")), **sampling)  # fmt: skip
         start = now(self.device)
         if speculative:
             out, stats = speculative_generate(

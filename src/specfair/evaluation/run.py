@@ -110,7 +110,9 @@ def run_meta(cfg, mode, splits, prompts, pair, spec, world_size) -> dict:
         "pair": {"name": cfg.pair.name, "target": cfg.pair.target, "draft": cfg.pair.get("draft")},
         "draft": OmegaConf.to_container(cfg.draft, resolve=True),
         "draft_training": draft_training(cfg.draft),
-        "spec": spec,
+        "spec": spec
+        if mode == "decode"
+        else {k: v for k, v in spec.items() if k != "compile"},  # replay: unused
         "seed": int(cfg.seed),
         "baseline": bool(cfg.get("baseline", True)) and mode == "decode",
         "prompt_set": prompt_set_hash(prompts),
@@ -173,12 +175,14 @@ def build_module(cfg, mode, pair, prompts, splits, spec, trainer):
 def evaluate(cfg: DictConfig) -> dict | None:
     """Load data and pair, run the predict loop, return the summary (on rank 0; None elsewhere)."""
     spec = OmegaConf.to_container(cfg.spec, resolve=True)
-    check_generation_args(**{k: v for k, v in spec.items() if k != "batch_size"})
+    check_generation_args(**{k: v for k, v in spec.items() if k not in ("batch_size", "compile")})
     mode = check_mode(cfg, spec)
     out_dir = Path(cfg.paths.output_dir)
     pair = load_pair(cfg.pair, cfg.draft, device_hint(cfg.trainer))
     splits, prompts = load_prompts(cfg, pair, spec)
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False,
+    # precision 32-true: the weights are in pair.dtype already; trainer=gpu's bf16-mixed autocast would decode
+    # in bf16 behind the lossless check's back
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, precision="32-true",
                                       use_distributed_sampler=False, enable_model_summary=False)  # fmt: skip
     module = build_module(cfg, mode, pair, prompts, splits, spec, trainer)
     trainer.predict(module, return_predictions=False)
