@@ -27,7 +27,8 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def close_pair():
     target = build_tiny_llama(3, vocab=VOCAB, layers=2)
-    return target.to("cuda"), perturbed_copy(target, seed=103).to("cuda")
+    draft = perturbed_copy(target, seed=103)  # before .to(), which moves the target in place
+    return target.to("cuda"), draft.to("cuda")
 
 
 @pytest.mark.parametrize("compiled", [False, True])

@@ -68,10 +68,12 @@ class StaticKV:
         return self.model(input_ids=ids, use_cache=True, logits_to_keep=keep, **kwargs).logits
 
     def _shift(self, tokens: int) -> None:
-        """Move every layer's device-side length by `tokens` (in place: the graphs hold its address)."""
-        for layer in self.cache.layers:
-            if getattr(layer, "is_initialized", False):
-                layer.cumulative_length.add_(tokens)
+        """Move every layer's device-side length by `tokens` (in place: the graphs hold its address). The cache
+        was made under inference mode, so it is only writable there."""
+        with torch.inference_mode():
+            for layer in self.cache.layers:
+                if getattr(layer, "is_initialized", False):
+                    layer.cumulative_length.add_(tokens)
 
     def _capture(self, length: int) -> Graph:
         """Warm up on a side stream (cuBLAS workspaces), undo its cache write, then record the forward. The
