@@ -21,6 +21,7 @@ Run:  make bench
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -50,6 +51,7 @@ from specfair.models import (
     truncated_draft,
 )
 from specfair.records import ratio as ratio_of
+from specfair.vocab import frequent_ids, pad_ids, prune_head, quantize_int8
 
 SAMPLES = ROOT / "data" / "samples"
 PROMPT_TOKENS = 32
@@ -84,7 +86,7 @@ SHAPES = {
              "rope_parameters": {"rope_theta": 130000.0, "rope_type": "default"}},
 }  # fmt: skip
 
-console = Console()
+console = Console(width=150)  # wide tables stay whole in logs and pipes
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -130,6 +132,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--compile", action="store_true", help="also time target and engine with spec.compile (static caches)"
+    )
+    parser.add_argument(
+        "--matrix",
+        action="store_true",
+        help="also time the cheaper drafts: {full, pruned head} x {fixed gamma, confidence stop} x {fp32, int8}",
+    )
+    parser.add_argument(
+        "--draft-vocab",
+        type=int,
+        default=8192,
+        help="--matrix: ids the pruned head keeps (dataset's train split)",
+    )
+    parser.add_argument(
+        "--confidence",
+        type=float,
+        default=0.5,
+        help="--matrix: spec.confidence_threshold of the adaptive variants",
     )
     parser.add_argument("--json", type=Path, help="write the results to this file")
     args = parser.parse_args(argv)
@@ -199,6 +218,31 @@ def load_prompts(tokenizer, count: int, vocab: int, dataset: str = "agnews") -> 
     return [tokenizer(text, add_special_tokens=False)["input_ids"][:PROMPT_TOKENS] for text in chosen]
 
 
+def train_token_lists(tokenizer, dataset: str) -> list[list[int]]:
+    """The bundled sample's training texts, tokenized: where a pruned head's ids come from (never the prompts)."""
+    with (SAMPLES / f"{dataset}.jsonl").open(encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    texts = [r["text"] for r in rows if r["split"] == "train"]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def cheaper_drafts(draft, tokenizer, args) -> dict[str, tuple[PreTrainedModel, float | None]]:
+    """engine variants of --matrix: name -> (draft, confidence threshold)."""
+    ids = frequent_ids(train_token_lists(tokenizer, args.dataset), args.draft_vocab, [tokenizer.eos_token_id])
+    pruned = prune_head(copy.deepcopy(draft), pad_ids(ids, args.draft_vocab, len(tokenizer)))
+    drafts = {"": draft, f"v{args.draft_vocab}": pruned}
+    drafts.update(
+        {f"{k},int8" if k else "int8": quantize_int8(copy.deepcopy(d)) for k, d in list(drafts.items())}
+    )
+    variants = {}
+    for key, model in drafts.items():
+        for threshold in (None, args.confidence):
+            label = ",".join(x for x in (key, f"conf{threshold}" if threshold else "") if x)
+            if label:
+                variants[f"engine[{label}]"] = (model, threshold)
+    return variants
+
+
 def configure_assistant(draft: PreTrainedModel, gamma: int) -> None:
     """Make transformers' assisted generation draft exactly `gamma` tokens per round.
 
@@ -257,6 +301,17 @@ def make_methods(
         methods["target_compiled"] = lambda ids: plain(ids, compiled=True)
         methods["engine_compiled"] = lambda ids: engine(ids, compiled=True)
     return methods
+
+
+def engine_method(target, draft, gamma, max_new_tokens, eos, threshold) -> Generate:
+    def generate(ids):
+        out, stats = speculative_generate(
+            target, draft, ids, gamma=gamma, max_new_tokens=max_new_tokens, eos_token_id=eos,
+            confidence_threshold=threshold,
+        )  # fmt: skip
+        return out[0].tolist(), stats
+
+    return generate
 
 
 @dataclass
@@ -392,6 +447,7 @@ def summarize(runs: dict[str, list[Run]], gamma: int) -> dict:
         },
         "ratios": ratios,
         "engine_compiled": compiled,
+        "variants": {name: variant_row(runs, name, gamma) for name in runs if name.startswith("engine")},
         "engine": {
             "alpha": alpha,
             "acceptance_rate": accepted / proposed if proposed else math.nan,
@@ -412,6 +468,33 @@ def summarize(runs: dict[str, list[Run]], gamma: int) -> dict:
             * (measured - predicted_with_verify)
             / predicted_with_verify,
         },
+    }
+
+
+def variant_row(runs: dict[str, list[Run]], name: str, gamma: int) -> dict:
+    """One engine variant: its acceptance, realised block length, cost ratio and speed against both baselines."""
+    stats = runs[name][0].stats
+    accepted, rejections = sum(s.accepted for s in stats), sum(s.rejections for s in stats)
+    proposed, blocks = sum(s.proposed for s in stats), sum(s.blocks for s in stats)
+    base = "target_compiled" if name == "engine_compiled" else "target"
+    c, v, _ = cost_ratios(runs[name], runs[base])
+    alpha = ratio_of(accepted, accepted + rejections)
+
+    def paired(other: str) -> float:
+        return statistics.median(
+            x.tokens_per_s / y.tokens_per_s for x, y in zip(runs[name], runs[other], strict=True)
+        )
+
+    return {
+        "alpha": alpha,
+        "mean_gamma_b": proposed / blocks if blocks else math.nan,
+        "tokens_per_call": sum(s.new_tokens for s in stats) / sum(1 + s.blocks for s in stats),
+        "cost_ratio_c": c,
+        "verify_cost_ratio_v": v,
+        "predicted_speedup_with_verify_cost": predicted_speedup(alpha, gamma, c, v),
+        "tokens_per_s": statistics.median(r.tokens_per_s for r in runs[name]),
+        "speedup_vs_target": paired(base),
+        "speedup_vs_hf_assisted": paired("hf_assisted"),
     }
 
 
@@ -469,6 +552,22 @@ def print_report(summary: dict, repeats: int) -> None:
     for name, value in summary["ratios"].items():
         ratios.add_row(name, f"{value:.3f}")
     console.print(ratios)
+
+    if len(summary["variants"]) > 1:
+        table = Table(
+            title="Engine variants (median of paired repeats; speedup > 1: faster than the baseline)"
+        )
+        for column in ("variant", "alpha", "mean γ_b", "tokens/call", "c", "v", "pred.", "tok/s", "vs target",
+                       "vs assisted"):  # fmt: skip
+            table.add_column(column, justify="left" if column == "variant" else "right")
+        for name, r in summary["variants"].items():
+            table.add_row(
+                name, f"{r['alpha']:.3f}", f"{r['mean_gamma_b']:.2f}", f"{r['tokens_per_call']:.2f}",
+                f"{r['cost_ratio_c']:.3f}", f"{r['verify_cost_ratio_v']:.2f}",
+                f"{r['predicted_speedup_with_verify_cost']:.2f}", f"{r['tokens_per_s']:.1f}",
+                f"{r['speedup_vs_target']:.3f}", f"{r['speedup_vs_hf_assisted']:.3f}",
+            )  # fmt: skip
+        console.print(table)
 
     e = summary["engine"]
     model = Table(title="Engine acceptance and the Leviathan et al. cost model")
@@ -537,6 +636,11 @@ def main(argv: list[str] | None = None) -> None:
     methods = make_methods(
         target, draft, gamma=args.gamma, max_new_tokens=args.max_new_tokens, eos=eos, compiled=args.compile
     )
+    if args.matrix:
+        if tokenizer is None:
+            sys.exit("error: --matrix needs the tokenizer (its pruned head counts ids in the training texts)")
+        for name, (variant, threshold) in cheaper_drafts(draft, tokenizer, args).items():
+            methods[name] = engine_method(target, variant, args.gamma, args.max_new_tokens, eos, threshold)
 
     config = {
         "target": "random weights, embedded config" if args.random_weights else EMBEDDED,

@@ -70,6 +70,19 @@ CASES = [
     ),
     ("evaluate", ["draft.path=FILES/alien"], "draft.path=FILES/alien: cannot load the model"),
     ("evaluate", ["draft.path=FILES/small-vocab"], "draft scores 8 tokens but the tokenizer has 49152"),
+    # cheaper drafts (issue 14)
+    (
+        "evaluate",
+        ["draft.vocab_size=60000"],
+        "draft.vocab_size=60000: must be between 1 and the vocabulary size 49152",
+    ),
+    ("evaluate", ["draft.quantize=int4"], "draft.quantize='int4': expected one of int8"),
+    ("evaluate", ["spec.confidence_threshold=1.5"], "spec.confidence_threshold=1.5: expected"),
+    (
+        "evaluate",
+        ["mode=replay", "spec.confidence_threshold=0.5"],
+        "spec.confidence_threshold: replay does not model early-ended blocks",
+    ),
     # hardware and folders
     ("evaluate", ["trainer=gpu"], "trainer.accelerator=gpu: no CUDA GPU on this machine"),
     ("evaluate", ["trainer.devices=0"], "trainer.devices=0: expected an integer >= 1"),

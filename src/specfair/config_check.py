@@ -77,6 +77,7 @@ SPEC: Schema = {
     "top_p": optional(number(0, 1, above=True)),
     "batch_size": integer(1),
     "compile": BOOL,
+    "confidence_threshold": optional(number(0, 1)),
 }
 DRAFT: Schema = {
     "name": TEXT,
@@ -88,6 +89,8 @@ DRAFT: Schema = {
     "seed": integer(0),
     "variant": optional(SCALAR),
     "recipe": TEXT,
+    "vocab_size": optional(integer(1)),
+    "quantize": optional(one_of("int8")),
 }
 PAIR: Schema = {
     "name": TEXT,

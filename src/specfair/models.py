@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from specfair.errors import SpecfairError
 from specfair.records import find_train_summary
+from specfair.vocab import head_rows
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def truncated_draft(target: PreTrainedModel, num_layers: int) -> PreTrainedModel
 def shared_vocab_size(target: PreTrainedModel, draft: PreTrainedModel, tokens: int | None = None) -> int:
     """The ids both models score and the tokenizer knows: padded head rows (Pythia 50,304 for 50,277 tokens,
     Qwen2.5 151,936 for 151,665) are never drafted, verified or sampled, by the engine or the baseline."""
-    rows = min(target.get_output_embeddings().weight.shape[0], draft.get_output_embeddings().weight.shape[0])
+    rows = min(head_rows(target), head_rows(draft))
     return min(rows, tokens) if tokens else rows
 
 
@@ -223,7 +224,7 @@ def load_pair(pair_cfg, draft_cfg, device: str | torch.device = "cpu") -> Pair:
         draft = truncated_draft(target, int(draft_cfg.num_layers))
     limit = len(tokenizer)
     for role, model in (("target", target), ("draft", draft)):
-        rows = model.get_output_embeddings().weight.shape[0]
+        rows = head_rows(model)
         if rows < limit and rows < max(tokenizer.get_vocab().values()) + 1:
             raise SpecfairError(
                 f"{role} scores {rows} tokens but the tokenizer has {limit}: not a matching pair"

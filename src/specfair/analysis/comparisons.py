@@ -22,8 +22,8 @@ from specfair.analysis import sentences, stats
 from specfair.records import METRICS, RunSummary, SampleRecord, find_train_summary, load_samples, load_summary
 
 PAIRING_FIELDS = ("prompt_set", "pair", "spec", "seed")
-# spec keys that change how fast a run goes but not one counter (replay's batch size): ignored when pairing
-SPEC_KEYS_NOT_PAIRED = ("batch_size",)
+# spec keys that change how fast a run goes but not one counter (replay's batch size, static caches): ignored
+SPEC_KEYS_NOT_PAIRED = ("batch_size", "compile")
 RESAMPLES = 2000  # bootstrap resamples per interval
 
 
@@ -74,7 +74,8 @@ def reference_label(summary: Mapping) -> str | None:
 def _pairing_value(summary: Mapping, field: str):
     value = summary.get(field)
     if field == "spec" and isinstance(value, Mapping):
-        return {k: v for k, v in value.items() if k not in SPEC_KEYS_NOT_PAIRED}
+        # an unset option (None) equals one a run made before the option existed did not record
+        return {k: v for k, v in value.items() if k not in SPEC_KEYS_NOT_PAIRED and v is not None}
     return value
 
 

@@ -62,7 +62,9 @@ class DecodeStats:
         return {**asdict(self), "target_calls": self.target_calls, "wall_s": self.wall_s}
 
 
-def check_generation_args(*, gamma=1, max_new_tokens=1, temperature=0.0, top_k=None, top_p=None) -> None:
+def check_generation_args(
+    *, gamma=1, max_new_tokens=1, temperature=0.0, top_k=None, top_p=None, confidence_threshold=None
+) -> None:
     if gamma < 1:
         raise SpecfairError(f"spec.gamma={gamma}: must be >= 1 (tokens drafted per block)")
     if max_new_tokens < 1:
@@ -73,6 +75,8 @@ def check_generation_args(*, gamma=1, max_new_tokens=1, temperature=0.0, top_k=N
         raise SpecfairError(f"spec.top_k={top_k}: must be >= 1 or null")
     if top_p is not None and not 0 < top_p <= 1:
         raise SpecfairError(f"spec.top_p={top_p}: must be in (0, 1] or null")
+    if confidence_threshold is not None and not 0 <= confidence_threshold < 1:
+        raise SpecfairError(f"spec.confidence_threshold={confidence_threshold}: must be in [0, 1) or null")
 
 
 # --- model calls -------------------------------------------------------------------------------------
@@ -170,16 +174,24 @@ def eos_set(eos_token_id: int | Iterable[int] | None) -> frozenset[int]:
 # --- the algorithm -----------------------------------------------------------------------------------
 
 
-def draft_block(draft, cache, tokens, n, vocab, temperature, top_k, top_p, eos, generator):
-    """Propose up to n tokens autoregressively; stop after an EOS (nothing after it can be kept)."""
+def draft_block(draft, cache, tokens, n, vocab, temperature, top_k, top_p, eos, generator, threshold=None):
+    """Propose up to n tokens autoregressively; stop after an EOS (nothing after it can be kept), or after a
+    token the draft gave less than `threshold` probability (spec.confidence_threshold: an unsure draft's next
+    guesses are likely rejected, and each costs a draft step)."""
     proposals, dists = [], []
     seq = list(tokens)
     for _ in range(n):
-        token, q = pick(forward(draft, cache, seq)[-1, :vocab], temperature, top_k, top_p, generator)
+        logits = forward(draft, cache, seq)[-1, :vocab]
+        token, q = pick(logits, temperature, top_k, top_p, generator)
         proposals.append(token)
         dists.append(q)
         seq.append(token)
         if token in eos:
+            break
+        if (
+            threshold is not None
+            and float((q if q is not None else torch.softmax(logits, -1))[token]) < threshold
+        ):
             break
     return proposals, dists
 
@@ -233,6 +245,7 @@ def speculative_generate(
     generator: torch.Generator | None = None,
     vocab: int | None = None,
     compiled: bool = False,
+    confidence_threshold: float | None = None,
 ) -> tuple[torch.Tensor, DecodeStats]:
     """New tokens `[1, n]` and counters; at temperature 0 identical to the target's greedy output.
 
@@ -240,10 +253,12 @@ def speculative_generate(
     `vocab`: the ids decoded (default: the rows both heads have; `Pair.vocab_size` also bounds it by the
     tokenizer); pass the same to `autoregressive_generate` so the baseline draws from the same ids.
     `compiled`: static caches, CUDA graphs on a GPU (`spec.compile`); the same tokens either way.
+    `confidence_threshold`: end a block early after a proposal the draft was unsure of (realised γ_b counted).
     """
     check_generation_args(
-        gamma=gamma, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p
-    )
+        gamma=gamma, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+        confidence_threshold=confidence_threshold,
+    )  # fmt: skip
     device = target.device
     vocab = min(vocab, shared_vocab_size(target, draft)) if vocab else shared_vocab_size(target, draft)
     eos = eos_set(eos_token_id)
@@ -263,7 +278,7 @@ def speculative_generate(
         while not done:
             budget = min(gamma, max_new_tokens - (len(tokens) - start) - 1)
             proposals, dists = draft_block(
-                draft, d_cache, tokens, budget, vocab, *sampling[:3], eos, generator
+                draft, d_cache, tokens, budget, vocab, *sampling[:3], eos, generator, confidence_threshold
             )
             t2 = now(device)
             emitted, n = verify(target, t_cache, tokens, proposals, dists, vocab, eos, sampling)

@@ -143,8 +143,9 @@ class DecodeModule(EvalModule):
         start = now(self.device)
         if speculative:
             out, stats = speculative_generate(
-                self.target, self.draft, ids, gamma=self.spec["gamma"], **kwargs
-            )
+                self.target, self.draft, ids, gamma=self.spec["gamma"],
+                confidence_threshold=self.spec.get("confidence_threshold"), **kwargs,
+            )  # fmt: skip
         else:
             out, stats = autoregressive_generate(self.target, ids, **kwargs), None
         return out[0].tolist(), stats, now(self.device) - start

@@ -23,6 +23,15 @@ from specfair.evaluation.module import DecodeModule, ReplayModule
 from specfair.models import Pair, load_pair
 from specfair.records import find_train_summary, load_samples, load_summary
 from specfair.tracking import log_evaluation
+from specfair.vocab import (
+    check_size,
+    frequent_ids,
+    head_rows,
+    load_id_map,
+    pad_ids,
+    prune_head,
+    quantize_int8,
+)
 
 log = logging.getLogger(__name__)
 MODES = ("decode", "replay")
@@ -59,11 +68,18 @@ def draft_training(draft_cfg: DictConfig) -> dict | None:
     }
 
 
+DECODE_ONLY = ("compile", "confidence_threshold")  # spec keys replay does not use: not in its settings
+
+
 def check_mode(cfg: DictConfig, spec: dict) -> str:
     """`mode` and the options it cannot honour, each refused in one line."""
     mode = str(cfg.get("mode", "decode"))
     if mode not in MODES:
         raise SpecfairError(f"mode={mode}: expected one of {', '.join(MODES)}")
+    if mode == "replay" and spec.get("confidence_threshold") is not None:
+        raise SpecfairError(
+            "spec.confidence_threshold: replay does not model early-ended blocks; use mode=decode for it"
+        )
     if mode == "replay" and int(spec.get("batch_size") or 0) < 1:
         raise SpecfairError(
             f"spec.batch_size={spec.get('batch_size')}: must be >= 1 (prompts per replay batch)"
@@ -92,6 +108,31 @@ def load_prompts(cfg: DictConfig, pair: Pair, spec: dict):
     context = getattr(pair.target.config, "max_position_embeddings", None) or 1 << 30
     max_prompt = context - spec["max_new_tokens"] - spec["gamma"] - 1
     return splits, tokenize_prompts(splits.eval, tokenizer, cfg.dataset, max_prompt)
+
+
+def draft_options(cfg: DictConfig, pair: Pair, splits) -> dict | None:
+    """draft.vocab_size (the id map beside the draft, else the N ids most frequent in this dataset's training
+    texts, which never overlap the prompts) and draft.quantize, applied to the loaded draft."""
+    size, quantize = cfg.draft.get("vocab_size"), cfg.draft.get("quantize")
+    if not size and not quantize:
+        return None
+    options: dict = {"vocab_size": size, "quantize": quantize}
+    if size:
+        tokens = pair.vocab_size
+        check_size(int(size), tokens)
+        folder = cfg.draft.get("path") or cfg.pair.get("draft")
+        found = load_id_map(folder, int(size), tokens) if folder and Path(folder).is_dir() else None
+        if found is None:
+            texts = [train_text(row, cfg.dataset) for row in splits.train]
+            lists = pair.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+            ids = frequent_ids(lists, int(size), always=sorted(eos_set(pair.tokenizer.eos_token_id)))
+            found = pad_ids(ids, int(size), tokens), f"{cfg.dataset.name} training texts ({len(texts)})"
+        ids, options["vocab_source"] = found
+        prune_head(pair.draft, ids)
+        log.info("draft head cut to %d of %d ids (from %s)", len(ids), head_rows(pair.target), found[1])
+    if quantize:
+        pair.draft = quantize_int8(pair.draft, device_hint(cfg.trainer))
+    return options
 
 
 def run_meta(cfg, mode, splits, prompts, pair, spec, world_size) -> dict:
@@ -157,13 +198,15 @@ def reference_records(path, meta: dict) -> dict | None:
     return {r.id: r for r in load_samples(path)}
 
 
-def build_module(cfg, mode, pair, prompts, splits, spec, trainer):
+def build_module(cfg, mode, pair, prompts, splits, spec, trainer, options: dict | None = None):
     if len(prompts) < trainer.world_size:  # an empty shard would leave the other ranks waiting forever
         raise SpecfairError(
             f"{len(prompts)} prompts for {trainer.world_size} processes: raise dataset.per_category "
             "or lower trainer.devices"
         )
     meta = run_meta(cfg, mode, splits, prompts, pair, spec, trainer.world_size)
+    if options:
+        meta["draft_options"] = options
     resume.prepare(Path(cfg.paths.output_dir), meta, cfg.get("resume", "auto"))
     common = (pair, prompts, splits.categories, spec, int(cfg.seed), Path(cfg.paths.output_dir), meta)
     if mode == "replay":
@@ -180,11 +223,12 @@ def evaluate(cfg: DictConfig) -> dict | None:
     out_dir = Path(cfg.paths.output_dir)
     pair = load_pair(cfg.pair, cfg.draft, device_hint(cfg.trainer))
     splits, prompts = load_prompts(cfg, pair, spec)
+    options = draft_options(cfg, pair, splits)
     # precision 32-true: the weights are in pair.dtype already; trainer=gpu's bf16-mixed autocast would decode
     # in bf16 behind the lossless check's back
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False, precision="32-true",
                                       use_distributed_sampler=False, enable_model_summary=False)  # fmt: skip
-    module = build_module(cfg, mode, pair, prompts, splits, spec, trainer)
+    module = build_module(cfg, mode, pair, prompts, splits, spec, trainer, options)
     trainer.predict(module, return_predictions=False)
     if not trainer.is_global_zero:
         return None
