@@ -84,7 +84,9 @@ def test_caches_are_reused_not_recomputed(tiny_pair):
     assert fed["target"] == [len(prompt)] + [g + 1 for g in stats.proposed_lengths]
     assert len(fed["target"]) == stats.target_calls
     # the draft reads the prompt once, then 1 token per step, or 2 after a fully accepted block (bonus catch-up)
-    assert fed["draft"][0] == len(prompt) + 1 and all(n in (1, 2) for n in fed["draft"][1:])
+    assert fed["draft"][0] == len(prompt) and all(
+        n in (1, 2) for n in fed["draft"][1:]
+    )  # prefill, then steps
     assert sum(fed["draft"]) <= len(prompt) + out.shape[1] + stats.proposed
 
 

@@ -39,8 +39,10 @@ COUNTERS = (
     "wall_s",
     "draft_s",
     "draft_steps",
+    "verify_s",
     "baseline_new_tokens",
     "baseline_wall_s",
+    "baseline_prefill_s",
     "expected_accept_sum",
     "expected_positions",
     "timed_prompts",
@@ -146,6 +148,9 @@ class SampleRecord(Record):
     draft_s: float | None = None
     verify_s: float | None = None
     prefill_s: float | None = None
+    baseline_prefill_s: float | None = (
+        None  # the baseline's first token: the step time c divides by excludes it
+    )
     # replay at temperature > 0: Σ_j β_j and the number of positions j (β_j = Σ_v min(p_j, q_j))
     expected_accept_sum: float | None = None
     expected_positions: int | None = None

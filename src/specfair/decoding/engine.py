@@ -272,9 +272,13 @@ def speculative_generate(
         t0 = now(device)
         token, _ = pick(forward(target, t_cache, tokens)[-1, :vocab], *sampling)
         tokens.append(token)
+        done = token in eos or max_new_tokens == 1
+        if (
+            not done
+        ):  # the draft's prefill is billed here, so draft_s (the cost ratio c) holds decode steps only
+            forward(draft, d_cache, tokens[:-1])
         t1 = now(device)
         stats.prefill_s = t1 - t0
-        done = token in eos or max_new_tokens == 1
         while not done:
             budget = min(gamma, max_new_tokens - (len(tokens) - start) - 1)
             proposals, dists = draft_block(
@@ -306,18 +310,25 @@ def autoregressive_generate(
     generator: torch.Generator | None = None,
     vocab: int | None = None,
     compiled: bool = False,
+    stats: DecodeStats | None = None,
 ) -> torch.Tensor:
     """Plain decoding with the same cache code: the baseline for speedup and for losslessness (`vocab`: the
-    ids it may emit, the engine's slice; `compiled`: as in `speculative_generate`)."""
+    ids it may emit, the engine's slice; `compiled`: as in `speculative_generate`). `stats`, if given, gets
+    prefill_s and new_tokens, so that a target decode step can be timed without the prefill."""
     check_generation_args(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
     eos = eos_set(eos_token_id)
     tokens = input_ids[0].tolist()
     start = len(tokens)
     (cache,) = new_caches((model,), start + max_new_tokens + 1, compiled)
     with torch.inference_mode():
-        for _ in range(max_new_tokens):
+        t0 = now(model.device)
+        for step in range(max_new_tokens):
             token, _ = pick(forward(model, cache, tokens)[-1, :vocab], temperature, top_k, top_p, generator)
             tokens.append(token)
+            if step == 0 and stats is not None:
+                stats.prefill_s = now(model.device) - t0
             if token in eos:
                 break
+    if stats is not None:
+        stats.new_tokens = len(tokens) - start
     return torch.tensor([tokens[start:]], dtype=torch.long)

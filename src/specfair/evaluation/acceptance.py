@@ -79,9 +79,17 @@ class CategoryAcceptance(Metric):
         trials = self.position_trials[mask].sum(0).tolist()
         target_calls = s["prompts"] + s["blocks"]
         alpha = ratio(s["accepted"], s["accepted"] + s["rejections"]) if counted else None
-        draft_step = ratio(s["draft_s"], s["draft_steps"])
-        target_step = ratio(s["baseline_wall_s"], s["baseline_new_tokens"])
+        draft_step = ratio(
+            s["draft_s"], s["draft_steps"]
+        )  # decode steps only: the draft's prefill is in prefill_s
+        if s["baseline_prefill_s"] > 0:  # a target decode step, without the prefill's first token
+            decode_s = s["baseline_wall_s"] - s["baseline_prefill_s"]
+            target_step = ratio(decode_s, s["baseline_new_tokens"] - s["timed_prompts"])
+        else:  # records from before baseline_prefill_s was kept
+            target_step = ratio(s["baseline_wall_s"], s["baseline_new_tokens"])
         c = ratio(draft_step, target_step) if draft_step is not None and target_step else None
+        verify_block = ratio(s["verify_s"], s["blocks"])
+        v = ratio(verify_block, target_step) if verify_block is not None and target_step else None
         expected_alpha = ratio(s["expected_accept_sum"], s["expected_positions"])
         expected_tau = predicted_block_efficiency(expected_alpha, self.gamma)
         return {
@@ -104,6 +112,8 @@ class CategoryAcceptance(Metric):
             "draft_target_cost_ratio": c,
             "predicted_block_efficiency": predicted_block_efficiency(alpha, self.gamma),
             "predicted_speedup": predicted_speedup(alpha, self.gamma, c),
+            "verify_cost_ratio": v,  # one (γ+1)-token verify pass in target decode steps
+            "predicted_speedup_with_verify_cost": predicted_speedup(alpha, self.gamma, c, v) if v else None,
             # replay at temperature > 0: expectations along target samples, not sampled counters
             "expected_alpha": expected_alpha,
             "expected_block_efficiency": expected_tau,  # tau: 1 + expected accepted tokens per block

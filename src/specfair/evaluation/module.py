@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from specfair.data.rows import Prompt
 from specfair.decoding.continuations import ContinuationCache, continuations, prompt_generator
-from specfair.decoding.engine import autoregressive_generate, eos_set, now, speculative_generate
+from specfair.decoding.engine import DecodeStats, autoregressive_generate, eos_set, now, speculative_generate
 from specfair.decoding.replay import REPLAYED_COUNTERS, expected_acceptance, replay_greedy
 from specfair.evaluation.acceptance import CategoryAcceptance
 from specfair.evaluation.resume import STATE, partial_files, read_partials
@@ -147,7 +147,8 @@ class DecodeModule(EvalModule):
                 confidence_threshold=self.spec.get("confidence_threshold"), **kwargs,
             )  # fmt: skip
         else:
-            out, stats = autoregressive_generate(self.target, ids, **kwargs), None
+            stats = DecodeStats()  # the baseline's prefill time and token count only
+            out = autoregressive_generate(self.target, ids, stats=stats, **kwargs)
         return out[0].tolist(), stats, now(self.device) - start
 
     def on_predict_start(self):
@@ -156,8 +157,9 @@ class DecodeModule(EvalModule):
             log.warning("pair.dtype=%s: the lossless check needs float32 and is skipped (lossless_mismatches "
                         "null)", str(self.target.dtype).removeprefix("torch."))  # fmt: skip
         warm = torch.tensor([self.prompts[0].input_ids], device=self.device)
+        warm_tokens = min(2 * self.spec["gamma"] + 2, self.spec["max_new_tokens"])  # full-γ verify shapes too
         for speculative in (False, True):  # one-time allocations are not billed to the first prompt
-            self._generate(warm, 0, speculative, min(4, self.spec["max_new_tokens"]))
+            self._generate(warm, 0, speculative, warm_tokens)
 
     def predict_step(self, batch: list[int], batch_idx: int):
         (index,) = batch
@@ -169,13 +171,14 @@ class DecodeModule(EvalModule):
             order = (True,)
         runs = {spec: self._generate(ids, index, spec, self.spec["max_new_tokens"]) for spec in order}
         output, stats, wall_s = runs[True]
-        baseline, _, baseline_wall_s = runs.get(False, (None, None, None))
+        baseline, baseline_stats, baseline_wall_s = runs.get(False, (None, None, None))
         counters = {k: v for k, v in stats.as_dict().items() if k not in ("draft_steps", "wall_s")}
         record = SampleRecord.from_dict({
             **self.base_record(index), **counters, "output_ids": output, "baseline_output_ids": baseline,
             "matches_baseline": output == baseline if baseline is not None else None,
             "baseline_new_tokens": len(baseline) if baseline is not None else 0,
             "wall_s": wall_s, "baseline_wall_s": baseline_wall_s,
+            "baseline_prefill_s": baseline_stats.prefill_s if baseline_stats else None,
         })  # fmt: skip
         self.keep(record)
         return index
