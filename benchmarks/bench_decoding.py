@@ -239,7 +239,7 @@ def cheaper_drafts(draft, tokenizer, args) -> dict[str, tuple[PreTrainedModel, f
         for threshold in (None, args.confidence):
             label = ",".join(x for x in (key, f"conf{threshold}" if threshold else "") if x)
             if label:
-                variants[f"engine[{label}]"] = (model, threshold)
+                variants[f"engine({label})"] = (model, threshold)  # no [..]: rich reads that as markup
     return variants
 
 
