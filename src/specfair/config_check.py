@@ -135,7 +135,7 @@ DATASET: Schema = {
 TRAIN: Schema = {
     "name": TEXT,
     "data": one_of("text", "target", "generalist"),
-    "teacher": one_of("stored", "target"),
+    "teacher": one_of("stored", "target", "cached"),
     "validate_on": one_of("text", "target"),
     "export": TEXT,
     "objective": one_of("kd", "lm"),

@@ -231,3 +231,67 @@ def continuation_corpus(
         for j, text in zip(chunk, part, strict=True):
             out[j] = text
     return out
+
+
+def scored_corpus(
+    target,
+    texts: list[list[int]],
+    categories: list[str],
+    vocab: int,
+    *,
+    teacher_k: int,
+    batch_size: int,
+    cache_dir,
+) -> list[TeacherText]:
+    """Human texts with the target's top-k next-token log-probabilities at every position after the first
+    (`train.teacher=cached`): one teacher-forced target pass over a dataset's training texts, cached, so that
+    each later distillation run reads them instead of running the target on every batch."""
+    settings = {"kind": "scored", **target_settings(target, vocab), "teacher_k": int(teacher_k),
+                "texts": hashlib.sha1(json.dumps(texts).encode()).hexdigest()[:20]}  # fmt: skip
+    store = PartStore(cache_dir, settings) if cache_dir else None
+    order = sorted(range(len(texts)), key=lambda j: len(texts[j]))
+    out: list[TeacherText | None] = [None] * len(texts)
+    starts = range(0, len(order), batch_size)
+    for first in tqdm(
+        starts, desc="target top-k of the training texts", disable=None if len(starts) > 1 else True
+    ):
+        chunk = order[first : first + batch_size]
+        part = store.get(f"{first:06d}") if store else None
+        if part is None:
+            part = [
+                TeacherText(texts[j], ti, tl, taught, categories[j])
+                for j, (ti, tl, taught) in zip(chunk, score_batch(target, [texts[j] for j in chunk], vocab,
+                                                                  int(teacher_k)), strict=True)
+            ]  # fmt: skip
+            if store:
+                store.put(f"{first:06d}", part)
+        for j, text in zip(chunk, part, strict=True):
+            out[j] = text
+    return out
+
+
+def score_batch(target, rows: list[list[int]], vocab: int, k: int) -> list[tuple]:
+    """(top_ids int32, top_logprobs float16, taught bool) per row: row j holds the target's distribution over
+    token j given the tokens before it (the first token has none)."""
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long, device=target.device)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    with torch.inference_mode():
+        logprobs = torch.log_softmax(
+            target(input_ids=ids, attention_mask=mask).logits[..., :vocab].float(), -1
+        )
+        top = logprobs.topk(k, dim=-1)
+    result = []
+    for i, r in enumerate(rows):
+        n = len(r)
+        top_ids = torch.zeros(n, k, dtype=torch.int32)
+        top_lp = torch.zeros(n, k, dtype=torch.float16)
+        top_ids[1:] = top.indices[i, : n - 1].to("cpu", torch.int32)
+        top_lp[1:] = top.values[i, : n - 1].to("cpu", torch.float16)
+        taught = torch.ones(n, dtype=torch.bool)
+        taught[0] = False
+        result.append((top_ids, top_lp, taught))
+    return result

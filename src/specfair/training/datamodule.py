@@ -8,6 +8,7 @@ example the restored global step had reached.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import itertools
 import logging
@@ -19,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from specfair.errors import SpecfairError
-from specfair.training.corpus import TeacherText, continuation_corpus, generalist_corpus
+from specfair.training.corpus import TeacherText, continuation_corpus, generalist_corpus, scored_corpus
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +252,7 @@ class DraftDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         target=None,
         vocab: int | None = None,
+        teacher: str = "stored",
     ):
         super().__init__()
         if texts is None and (dataset is None or tokenizer is None):
@@ -259,7 +261,7 @@ class DraftDataModule(pl.LightningDataModule):
             raise ValueError(f"DraftDataModule(data={data!r}, validate_on={validate_on!r}) needs the target")
         self.dataset_cfg, self.tokenizer, self.texts = dataset, tokenizer, texts
         self.data, self.validate_on, self.corpus_cfg, self.cache_dir = data, validate_on, corpus, cache_dir
-        self.target, self.vocab = target, vocab
+        self.target, self.vocab, self.teacher = target, vocab, teacher
         self.seed, self.batch_size, self.max_length = int(seed), int(batch_size), int(max_length)
         self.sampling, self.sampling_temperature = sampling, float(sampling_temperature)
         if pad_id is None:
@@ -281,6 +283,16 @@ class DraftDataModule(pl.LightningDataModule):
         self.texts = load_texts(
             self.dataset_cfg, self.tokenizer, self.seed, self.max_length, continue_with, self.data
         )
+        if (
+            self.data == "text" and self.teacher == "cached"
+        ):  # the target's top-k of every text, read per step
+            t = self.texts
+            scored = scored_corpus(
+                self.target, t.train_ids, [t.categories[c] for c in t.train_categories], self.vocab,
+                teacher_k=int(self.corpus_cfg.teacher_k), batch_size=int(self.corpus_cfg.batch_size),
+                cache_dir=self.cache_dir,
+            )  # fmt: skip
+            self.texts = dataclasses.replace(t, train_teacher=scored)
 
     def _continuations(self, rows) -> list:
         """Rows as evaluation prompts (dataset.prompt_tokens, templates) + the target's greedy continuation."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable
 
 import lightning.pytorch as pl
@@ -73,7 +74,10 @@ class DraftModule(pl.LightningModule):
         self.optimizer_factory = optimizer or torch.optim.AdamW
         self.scheduler_factory = scheduler
         self.on_policy_fraction, self.seed = float(on_policy_fraction), int(seed)
-        self.stored_teacher = teacher == "stored"  # "target": ignore a corpus's stored top-k, run the target
+        self.stored_teacher = teacher in (
+            "stored",
+            "cached",
+        )  # "target": ignore a corpus's stored top-k, run the target
         self.val_metric = ExpectedAlpha(categories)
         self.categories = list(categories)
         self.group_dro = sampling == "group_dro"
@@ -82,6 +86,7 @@ class DraftModule(pl.LightningModule):
         # a buffer, so a resumed run continues with the same weights
         self.register_buffer("group_weights", torch.full((len(categories),), 1.0 / max(1, len(categories))))
         self.history: list[dict] = []
+        self.train_seconds = 0.0  # wall time inside training batches (no validation, no data setup): steps/s
         if freeze_embeddings:  # train the decoder layers only
             for p in [
                 *draft.get_input_embeddings().parameters(),
@@ -233,7 +238,13 @@ class DraftModule(pl.LightningModule):
         self.log("val/expected_alpha", values["expected_alpha"], prog_bar=True)
         self.log_dict({f"val/{k}": v for k, v in values.items() if k != "expected_alpha"})
         if not self.trainer.sanity_checking:
-            self.history.append({"step": self.trainer.global_step, **values})
+            self.history.append({"step": self.trainer.global_step, **values, "train_s": self.train_seconds})
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self._batch_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.train_seconds += time.perf_counter() - self._batch_started
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory([p for p in self.draft.parameters() if p.requires_grad])

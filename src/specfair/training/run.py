@@ -97,15 +97,24 @@ def check_data_cfg(t: DictConfig) -> None:
             f"train.on_policy_fraction={t.on_policy_fraction}: on-policy batches need train.data=text"
         )
     teacher = t.get("teacher", "stored")
-    if teacher not in ("stored", "target"):
-        raise SpecfairError(f"train.teacher={teacher!r}: expected stored or target")
-    stored = data != "text" and teacher == "stored"
+    if teacher not in ("stored", "target", "cached"):
+        raise SpecfairError(f"train.teacher={teacher!r}: expected stored, target or cached")
+    if teacher == "cached" and data != "text":
+        raise SpecfairError(
+            f"train.teacher=cached scores human text (train.data=text), not train.data={data}"
+        )
+    if teacher == "cached" and float(t.on_policy_fraction) > 0:
+        raise SpecfairError(
+            f"train.on_policy_fraction={t.on_policy_fraction}: the draft's own samples need the live target "
+            "(train.teacher=target), not train.teacher=cached"
+        )
+    stored = (data != "text" and teacher == "stored") or teacher == "cached"
     if stored and t.objective == "kd" and (t.divergence != "fkl" or float(t.temperature) != 1):
         raise SpecfairError(
             f"train.divergence={t.divergence} at train.temperature={t.temperature}: a stored top-k teacher "
-            f"(train.data={data}) supports fkl at temperature 1"
+            f"(train.data={data}, train.teacher={teacher}) supports fkl at temperature 1"
         )
-    if (data != "text" or validate_on == "target") and int(t.corpus.teacher_k) < 1:
+    if (data != "text" or validate_on == "target" or stored) and int(t.corpus.teacher_k) < 1:
         raise SpecfairError(f"train.corpus.teacher_k={t.corpus.teacher_k}: must be >= 1")
 
 
