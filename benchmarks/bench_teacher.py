@@ -75,7 +75,7 @@ def dataset_main(dataset: str, steps: int) -> None:
     table.add_row("warm / live", "", "", f"{live['train_s'] / warm['train_s']:.2f}x",
                   f"{warm['expected_alpha'] - live['expected_alpha']:+.4f}",
                   f"{warm['greedy_agreement'] - live['greedy_agreement']:+.4f}")  # fmt: skip
-    Console().print(table)
+    Console(width=150).print(table)
 
 
 def main(argv=None) -> None:
@@ -105,7 +105,7 @@ def main(argv=None) -> None:
         f"{s_val['expected_alpha'] / t_val['expected_alpha']:.2f}x",
         f"{s_val['greedy_agreement'] / t_val['greedy_agreement']:.2f}x",
     )
-    Console().print(table)
+    Console(width=150).print(table)
 
 
 if __name__ == "__main__":
