@@ -7,7 +7,7 @@ import functools
 import pytest
 import torch
 from conftest import feeds
-from test_training_module import SETTINGS, trainer
+from test_training_module import SETTINGS, tiny_run, trainer  # noqa: F401 (fixture)
 
 from specfair.errors import SpecfairError
 from specfair.training import corpus
@@ -97,3 +97,14 @@ def test_cached_teacher_conflicts_are_one_line(compose_cfg, overrides, message):
     cfg = compose_cfg(*overrides, config="train")
     with pytest.raises(SpecfairError, match=message):
         check_data_cfg(cfg.train)
+
+
+def test_plain_lm_training_steps_never_run_the_target(tmp_path, tiny_run):  # noqa: F811 (the fixture)
+    module, data = tiny_run(objective="lm")
+    with feeds(target=module.target) as fed:
+        trainer(tmp_path, 4, limit_val_batches=0).fit(module, datamodule=data)
+    assert fed["target"] == []
+    kd, kd_data = tiny_run(objective="kd")
+    with feeds(target=kd.target) as fed:
+        trainer(tmp_path / "kd", 4, limit_val_batches=0).fit(kd, datamodule=kd_data)
+    assert len(fed["target"]) == 4  # the live teacher: one target pass per step

@@ -190,7 +190,10 @@ def test_corpus_texts_validation_masks_count_target_tokens_only():
     ("overrides", "message"),
     [
         (["train.data=web"], "train.data='web': expected one of text, target, generalist"),
-        (["train=generalist", "train.teacher=oracle"], "train.teacher='oracle': expected stored, target or cached"),
+        (
+            ["train=generalist", "train.teacher=oracle"],
+            "train.teacher='oracle': expected stored, target or cached",
+        ),
         (
             ["train=generalist", "train.divergence=rkl"],
             "train.divergence=rkl at train.temperature=1.0: a stored top-k",

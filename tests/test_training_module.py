@@ -191,7 +191,9 @@ def test_resuming_reproduces_the_uninterrupted_run(tmp_path, tiny_run, accumulat
     assert data.sampler.start == 4 * accumulate * 2  # the stream restarted at the first unseen example
     for k, v in straight.draft.state_dict().items():
         assert torch.equal(v, resumed.draft.state_dict()[k]), k
-    untimed = [[{k: v for k, v in h.items() if k != "train_s"} for h in m.history] for m in (resumed, straight)]
+    untimed = [
+        [{k: v for k, v in h.items() if k != "train_s"} for h in m.history] for m in (resumed, straight)
+    ]
     assert untimed[0] == untimed[1]  # the validation curve survives the interruption (timings aside)
 
 

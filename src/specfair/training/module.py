@@ -74,10 +74,8 @@ class DraftModule(pl.LightningModule):
         self.optimizer_factory = optimizer or torch.optim.AdamW
         self.scheduler_factory = scheduler
         self.on_policy_fraction, self.seed = float(on_policy_fraction), int(seed)
-        self.stored_teacher = teacher in (
-            "stored",
-            "cached",
-        )  # "target": ignore a corpus's stored top-k, run the target
+        # "target": ignore a corpus's stored top-k and run the target; "cached": the dataset text's stored top-k
+        self.stored_teacher = teacher in ("stored", "cached")
         self.val_metric = ExpectedAlpha(categories)
         self.categories = list(categories)
         self.group_dro = sampling == "group_dro"
@@ -86,6 +84,9 @@ class DraftModule(pl.LightningModule):
         # a buffer, so a resumed run continues with the same weights
         self.register_buffer("group_weights", torch.full((len(categories),), 1.0 / max(1, len(categories))))
         self.history: list[dict] = []
+        self.needs_target = (
+            getattr(self.loss_fn, "objective", "kd") != "lm"
+        )  # lm: training steps never run the target
         self.train_seconds = 0.0  # wall time inside training batches (no validation, no data setup): steps/s
         if freeze_embeddings:  # train the decoder layers only
             for p in [
@@ -109,9 +110,12 @@ class DraftModule(pl.LightningModule):
     def on_validation_start(self):
         self._sync_target()
 
-    def logits(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(target logits, draft logits), each [B, T, V_model]; only the draft's carry gradients."""
+    def logits(self, batch: dict, with_target: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(target logits, draft logits), each [B, T, V_model]; only the draft's carry gradients. Without
+        `with_target` (plain LM training: cross-entropy needs no teacher) the target is not run: None."""
         draft_logits = self.draft(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        if not with_target:
+            return None, draft_logits
         with torch.no_grad():
             target_logits = self.target(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
@@ -206,7 +210,7 @@ class DraftModule(pl.LightningModule):
             )  # fmt: skip
         else:
             batch, loss_mask = self._on_policy(batch, batch_idx)
-            target_logits, draft_logits = self.logits(batch)
+            target_logits, draft_logits = self.logits(batch, with_target=self.needs_target)
             ce_mask = None if loss_mask is None else torch.zeros_like(loss_mask)  # no CE on own samples
             loss, parts = self.objective(
                 batch["category"], batch["input_ids"], batch["attention_mask"], target_logits, draft_logits,
