@@ -250,6 +250,7 @@ def record_lists(draw):
                 "new_tokens": 1 + accepted + blocks,
                 "wall_s": draw(seconds) if timed else None,
                 "baseline_wall_s": draw(seconds) if timed else None,
+                "baseline_new_tokens": draw(st.integers(1, 40)) if timed else 0,  # T > 0: its own count
             }
         )
     return records

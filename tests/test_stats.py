@@ -348,3 +348,24 @@ def test_gain_shares():
         "b": {"gain_share": None, "data_share": 0.5},
         "new": {"gain_share": None, "data_share": None},
     }
+
+
+def test_speedup_is_a_ratio_of_per_token_rates_when_token_counts_differ():
+    """At temperature > 0 the engine and the target alone emit different numbers of tokens: 10 tokens in 1 s
+    against 20 in 4 s is twice as fast per token (a wall-time ratio would say 4x)."""
+    from specfair.evaluation.acceptance import CategoryAcceptance
+
+    records = [
+        {**rec("p0", 2, 4, 1, 2, 10, 1.0, 4.0), "baseline_new_tokens": 20, "proposed_lengths": [2, 2],
+         "accept_lengths": [1, 1]},
+        {**rec("p1", 2, 4, 1, 2, 6, 1.0, 1.0), "baseline_new_tokens": 2, "proposed_lengths": [2, 2],
+         "accept_lengths": [1, 1]},
+    ]  # fmt: skip
+    want = (16 / 2.0) / (22 / 5.0)
+    assert metric_value(records, "speedup") == pytest.approx(want)
+    metric = CategoryAcceptance(["a"], gamma=2)
+    for r in records:
+        metric.update(r)
+    assert metric.compute()["overall"]["speedup"] == pytest.approx(want)
+    ci = bootstrap_ci(records, "speedup", resamples=200)
+    assert ci["low"] <= want <= ci["high"]

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from specfair.records import METRICS, ratio
+from specfair.records import METRICS
 
 
 def _timed(r: Mapping) -> bool:
@@ -31,36 +31,48 @@ _PARTS: dict[str, tuple[Callable[[Mapping], float], Callable[[Mapping], float]]]
     "alpha": (lambda r: r["accepted"], lambda r: r["accepted"] + r["rejections"]),
     "acceptance_rate": (lambda r: r["accepted"], lambda r: r["proposed"]),
     "block_efficiency": (lambda r: r["new_tokens"], lambda r: 1 + r["blocks"]),  # target calls
-    # an untimed prompt is left out of both sums (0 / 0), never counted as a zero time
+    # a ratio of per-token rates, (ΣN/ΣW) / (ΣN_base/ΣW_base): two columns, multiplied (N = N_base at
+    # temperature 0, where it is ΣW_base/ΣW); an untimed prompt is left out of every sum, never a zero time
     "speedup": (
-        lambda r: r["baseline_wall_s"] if _timed(r) else 0.0,
-        lambda r: r["wall_s"] if _timed(r) else 0.0,
+        lambda r: (r["new_tokens"], r["baseline_wall_s"]) if _timed(r) else (0.0, 0.0),
+        lambda r: (r["wall_s"], r["baseline_new_tokens"]) if _timed(r) else (0.0, 0.0),
     ),
 }
 assert tuple(_PARTS) == METRICS, "stats._PARTS must define exactly records.METRICS, in its order"
 
 
 def _parts(records: Iterable[Mapping], metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-prompt numerator and denominator arrays, so any resample is two sums and a division."""
+    """Per-prompt numerator and denominator arrays, so any resample is sums and divisions: [n], or [n, k] for
+    a product of k ratios of sums (speedup)."""
     if metric not in _PARTS:
         raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
     num_of, den_of = _PARTS[metric]
     records = list(records)
-    num = np.array([float(num_of(r)) for r in records], dtype=np.float64)
-    den = np.array([float(den_of(r)) for r in records], dtype=np.float64)
+    num = np.array([num_of(r) for r in records], dtype=np.float64)
+    den = np.array([den_of(r) for r in records], dtype=np.float64)
     return num, den
 
 
+def _ratios(nums: np.ndarray, dens: np.ndarray) -> np.ndarray:
+    """Σnum/Σden per row (the product over columns for a 2-D last axis); NaN where a denominator is 0."""
+    if nums.ndim == dens.ndim and nums.shape[-1:] == dens.shape[-1:] and nums.ndim > 1 and nums.shape[-1] > 1:
+        valid = (dens > 0).all(axis=-1)
+        out = np.full(nums.shape[:-1], np.nan)
+        out[valid] = np.prod(nums[valid] / dens[valid], axis=-1)
+        return out
+    out = np.full(nums.shape, np.nan)
+    np.divide(nums, dens, out=out, where=dens > 0)
+    return out
+
+
 def _ratio_of_sums(num: np.ndarray, den: np.ndarray) -> float | None:
-    return ratio(float(num.sum()), float(den.sum()))
+    value = _ratios(num.sum(axis=0)[None], den.sum(axis=0)[None])[0] if len(num) else np.nan
+    return float(value) if np.isfinite(value) else None
 
 
 def _resampled_ratios(num: np.ndarray, den: np.ndarray, index: np.ndarray) -> np.ndarray:
     """Ratio of sums for each row of an index matrix; NaN where a resample's denominator is 0."""
-    nums, dens = num[index].sum(axis=1), den[index].sum(axis=1)
-    out = np.full(len(index), np.nan)
-    np.divide(nums, dens, out=out, where=dens > 0)
-    return out
+    return _ratios(num[index].sum(axis=1), den[index].sum(axis=1))
 
 
 def _index_matrix(n: int, resamples: int, seed: int) -> np.ndarray:
@@ -90,10 +102,7 @@ def metric_value(records: Iterable[Mapping], metric: str) -> float | None:
 
 def per_prompt(records: Iterable[Mapping], metric: str) -> np.ndarray:
     """Each prompt's own ratio (NaN where its denominator is 0), in record order: for rank tests only."""
-    num, den = _parts(records, metric)
-    out = np.full(len(num), np.nan)
-    np.divide(num, den, out=out, where=den > 0)
-    return out
+    return _ratios(*_parts(records, metric))
 
 
 def bootstrap_ci(

@@ -104,7 +104,12 @@ class CategoryAcceptance(Metric):
             "alpha": alpha,
             "block_efficiency": ratio(s["new_tokens"], target_calls) if counted else None,
             "position_acceptance": [ratio(h, t) for h, t in zip(hits, trials, strict=True)],
-            "speedup": ratio(s["baseline_wall_s"], s["wall_s"]) if s["baseline_new_tokens"] > 0 else None,
+            # per-token rates: at temperature > 0 the two runs emit different token counts
+            "speedup": ratio(
+                ratio(s["new_tokens"], s["wall_s"]), ratio(s["baseline_new_tokens"], s["baseline_wall_s"])
+            )
+            if s["baseline_new_tokens"] > 0
+            else None,
             "tokens_per_s": ratio(s["new_tokens"], s["wall_s"]),
             "baseline_tokens_per_s": ratio(s["baseline_new_tokens"], s["baseline_wall_s"]),
             "wall_s": s["wall_s"] if timed else None,  # replay: not timed, never 0
