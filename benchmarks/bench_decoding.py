@@ -491,7 +491,10 @@ def variant_row(runs: dict[str, list[Run]], name: str, gamma: int) -> dict:
         "tokens_per_call": sum(s.new_tokens for s in stats) / sum(1 + s.blocks for s in stats),
         "cost_ratio_c": c,
         "verify_cost_ratio_v": v,
-        "predicted_speedup_with_verify_cost": predicted_speedup(alpha, gamma, c, v),
+        # at the realised mean block length: with a confidence stop it is well under the nominal gamma
+        "predicted_speedup_with_verify_cost": predicted_speedup(
+            alpha, proposed / blocks if blocks else gamma, c, v
+        ),
         "tokens_per_s": statistics.median(r.tokens_per_s for r in runs[name]),
         "speedup_vs_target": paired(base),
         "speedup_vs_hf_assisted": paired("hf_assisted"),
