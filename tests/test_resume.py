@@ -14,9 +14,10 @@ from specfair.errors import SpecfairError
 from specfair.evaluation import resume
 from specfair.records import load_samples, load_summary
 
-TIMINGS = {"wall_s", "baseline_wall_s", "draft_s", "verify_s", "prefill_s"}
+TIMINGS = {"wall_s", "baseline_wall_s", "draft_s", "verify_s", "prefill_s", "baseline_prefill_s"}
 SUMMARY_TIMINGS = {"tokens_per_s", "baseline_tokens_per_s", "speedup", "draft_cost", "predicted_speedup",
-                   "wall_s", "baseline_wall_s", "draft_s", "timed_prompts", "draft_steps", "draft_target_cost_ratio"}  # fmt: skip
+                   "wall_s", "baseline_wall_s", "draft_s", "timed_prompts", "draft_steps", "draft_target_cost_ratio",
+                   "verify_cost_ratio", "predicted_speedup_with_verify_cost"}  # fmt: skip
 
 
 def command(out: Path, *overrides) -> list[str]:
