@@ -85,6 +85,10 @@ def test_train_py_exports_a_draft_that_evaluate_and_transformers_load(tmp_path):
     assert list((tmp_path / "train" / "wandb").glob("offline-run-*"))
     assert (tmp_path / "train" / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "train" / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
+    from specfair.vocab import load_id_map  # the ids it trained on, most frequent first (draft.vocab_size)
+
+    ids, source = load_id_map(folder / "draft", 50, tokens=49152)
+    assert len(set(ids)) == 50 and ids[0] == 2 and source.startswith("agnews training texts")
     assert summary.start == "base" and summary.data["validation_texts"] == 8
     assert (
         0 < summary.val_before["greedy_agreement"] < 1

@@ -107,7 +107,10 @@ def load_id_map(folder: str | Path, size: int, tokens: int) -> tuple[list[int], 
             f"{path}: id {max(ids)} is outside the tokenizer's {tokens} ids (another tokenizer?)"
         )
     if len(ids) < size:
-        raise SpecfairError(f"draft.vocab_size={size}: {path} holds only {len(ids)} ids")
+        raise SpecfairError(
+            f"draft.vocab_size={size}: {path} holds only {len(ids)} ids (those its training data used); "
+            "ask for fewer"
+        )
     return ids[:size], source
 
 

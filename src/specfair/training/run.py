@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from specfair.decoding.engine import eos_set
 from specfair.errors import SpecfairError
 from specfair.models import load_pair
 from specfair.records import TrainSummary, load_train_summary, save_json, settings_conflict
@@ -24,6 +25,7 @@ from specfair.tracking import lightning_logger
 from specfair.training.datamodule import DraftDataModule, TrainTexts
 from specfair.training.losses import DIVERGENCES, OBJECTIVES
 from specfair.training.module import DraftModule
+from specfair.vocab import frequent_ids, save_id_map
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +145,7 @@ def train(cfg: DictConfig) -> TrainSummary | None:
     if not trainer.is_global_zero:
         return None
     summary = summarize(cfg, module, datamodule.texts, checkpoint.best_model_path, trainer.global_step)
-    export(cfg, module, pair.tokenizer, summary)
+    export(cfg, module, pair.tokenizer, summary, datamodule.texts)
     return summary
 
 
@@ -222,7 +224,9 @@ def summarize(
     )
 
 
-def export(cfg: DictConfig, module: DraftModule, tokenizer, summary: TrainSummary) -> Path:
+def export(
+    cfg: DictConfig, module: DraftModule, tokenizer, summary: TrainSummary, texts: TrainTexts | None = None
+) -> Path:
     """The fine-tuned draft as an HF folder (+ tokenizer) with train_summary.json, at cfg.export_dir.
 
     Written to a sibling `.tmp` folder first and renamed, so a reader never sees half an export; the summary
@@ -234,6 +238,12 @@ def export(cfg: DictConfig, module: DraftModule, tokenizer, summary: TrainSummar
     (tmp / "draft").mkdir(parents=True)
     module.draft.to("cpu").eval().save_pretrained(tmp / "draft")
     tokenizer.save_pretrained(tmp / "draft")
+    if (
+        texts is not None
+    ):  # every id the draft trained on, most frequent first: draft.vocab_size=N cuts from it
+        eos = sorted(eos_set(tokenizer.eos_token_id))
+        ids = frequent_ids(texts.train_ids, len(tokenizer), always=eos)
+        save_id_map(tmp / "draft", ids, f"{summary['dataset']} training texts ({len(texts.train_ids)})")
     save_json(summary, tmp / "train_summary.json")
     old = final.with_name(final.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
