@@ -284,30 +284,24 @@ def make_methods(
         )
         return out[0, ids.shape[1] :].tolist(), None
 
-    def engine(ids, compiled=False):
-        out, stats = speculative_generate(
-            target,
-            draft,
-            ids,
-            gamma=gamma,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos,
-            compiled=compiled,
-        )
-        return out[0].tolist(), stats
-
-    methods = {"target": plain, "hf_assisted": hf_assisted, "engine": engine}
+    methods = {
+        "target": plain,
+        "hf_assisted": hf_assisted,
+        "engine": engine_method(target, draft, gamma, max_new_tokens, eos),
+    }
     if compiled:
         methods["target_compiled"] = lambda ids: plain(ids, compiled=True)
-        methods["engine_compiled"] = lambda ids: engine(ids, compiled=True)
+        methods["engine_compiled"] = engine_method(target, draft, gamma, max_new_tokens, eos, compiled=True)
     return methods
 
 
-def engine_method(target, draft, gamma, max_new_tokens, eos, threshold) -> Generate:
+def engine_method(target, draft, gamma, max_new_tokens, eos, threshold=None, compiled=False) -> Generate:
+    """This project's engine as a bench method (a draft variant, a confidence stop, static caches)."""
+
     def generate(ids):
         out, stats = speculative_generate(
             target, draft, ids, gamma=gamma, max_new_tokens=max_new_tokens, eos_token_id=eos,
-            confidence_threshold=threshold,
+            confidence_threshold=threshold, compiled=compiled,
         )  # fmt: skip
         return out[0].tolist(), stats
 

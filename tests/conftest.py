@@ -32,6 +32,27 @@ def build_tiny_llama(seed: int, vocab: int = 8, layers: int = 2, init: float = 0
     return LlamaForCausalLM(config).eval().requires_grad_(False)
 
 
+def perturbed_copy(model, seed: int, scale: float = 0.02, names=("lm_head", "mlp.down_proj")):
+    """The model with `scale * randn` added to a few weight matrices: a draft that agrees with it most of
+    the time (fully accepted blocks) but not always (rejections)."""
+    import copy
+
+    draft = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in draft.named_parameters():
+            if any(key in name for key in names):
+                p.add_(scale * torch.randn(p.shape, generator=generator))
+    return draft
+
+
+@pytest.fixture(scope="module")
+def close_pair():
+    """A 32-token random target and a perturbed copy of it as draft (`perturbed_copy`), on CPU."""
+    target = build_tiny_llama(3, vocab=32, layers=2)
+    return target, perturbed_copy(target, seed=103)
+
+
 @contextlib.contextmanager
 def feeds(**models):
     """{name: [tokens fed per forward call]} while inside: forward pre-hooks on each named model."""

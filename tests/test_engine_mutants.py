@@ -10,7 +10,7 @@ import copy
 
 import pytest
 import torch
-from conftest import feeds
+from conftest import feeds, perturbed_copy
 from test_metrics import record
 from torch import nn
 
@@ -23,24 +23,6 @@ from specfair.evaluation.acceptance import (
 
 VOCAB = 32
 PROMPTS = [[1, 2, 3], [5], [7, 7, 1, 0, 4, 2, 6, 3, 3, 1], [30, 12, 9, 9], [17, 4, 25, 2, 11, 8]]
-
-
-def perturbed_copy(model, seed: int, scale: float = 0.02, names=("lm_head", "mlp.down_proj")):
-    """The model with `scale * randn` added to a few weight matrices: a draft that agrees with it most of
-    the time (fully accepted blocks) but not always (rejections)."""
-    draft = copy.deepcopy(model)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in draft.named_parameters():
-            if any(key in name for key in names):
-                p.add_(scale * torch.randn(p.shape, generator=generator))
-    return draft
-
-
-@pytest.fixture(scope="module")
-def close_pair(tiny_llama):
-    target = tiny_llama(3, vocab=VOCAB, layers=2)
-    return target, perturbed_copy(target, seed=103)
 
 
 def expected_draft_feeds(

@@ -2,6 +2,7 @@
 still the target's distribution, and `evaluate.py` / `train.py` with `trainer=gpu` end to end. Skipped
 without a CUDA device; run with `pytest -m gpu` on a GPU machine (the README records the last run)."""
 
+import copy
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import build_tiny_llama, feeds
-from test_engine_mutants import PROMPTS, VOCAB, perturbed_copy
+from test_engine_mutants import PROMPTS
 from test_speculative import chi_square_p, exact_distribution, marginal
 
 from specfair import ROOT
@@ -25,16 +26,14 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def close_pair():
-    target = build_tiny_llama(3, vocab=VOCAB, layers=2)
-    draft = perturbed_copy(target, seed=103)  # before .to(), which moves the target in place
-    return target.to("cuda"), draft.to("cuda")
+def cuda_pair(close_pair):
+    return tuple(copy.deepcopy(m).to("cuda") for m in close_pair)  # copies: the CPU fixture stays on CPU
 
 
 @pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("gamma", [1, 4, 7])
-def test_greedy_is_lossless_on_cuda(close_pair, gamma, compiled):
-    target, draft = close_pair
+def test_greedy_is_lossless_on_cuda(cuda_pair, gamma, compiled):
+    target, draft = cuda_pair
     full = 0
     for prompt in PROMPTS:
         ids = torch.tensor([prompt], device="cuda")
@@ -48,10 +47,10 @@ def test_greedy_is_lossless_on_cuda(close_pair, gamma, compiled):
     assert full > 0
 
 
-def test_graphs_are_replayed_not_rerun(close_pair):
+def test_graphs_are_replayed_not_rerun(cuda_pair):
     """After a first generation captured them, later steps replay graphs: the model's Python forward runs only
     for the prefill and the draft's catch-up of a whole prompt."""
-    target, draft = close_pair
+    target, draft = cuda_pair
     ids = torch.tensor([PROMPTS[2]], device="cuda")
     speculative_generate(target, draft, ids, gamma=4, max_new_tokens=48, compiled=True)
     with feeds(target=target, draft=draft) as fed:

@@ -5,18 +5,12 @@ stale entries masked, one cache per model and role kept across prompts."""
 import pytest
 import torch
 from conftest import feeds
-from test_engine_mutants import PROMPTS, VOCAB, perturbed_copy
+from test_engine_mutants import PROMPTS
 
 from specfair.decoding import static
 from specfair.decoding.engine import autoregressive_generate, speculative_generate
 from specfair.decoding.static import StaticKV, static_kv
 from specfair.errors import SpecfairError
-
-
-@pytest.fixture(scope="module")
-def close_pair(tiny_llama):
-    target = tiny_llama(3, vocab=VOCAB, layers=2)
-    return target, perturbed_copy(target, seed=103)
 
 
 @pytest.mark.parametrize("gamma", [1, 3, 5])

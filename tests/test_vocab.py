@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from test_engine_mutants import PROMPTS, VOCAB, perturbed_copy
+from test_engine_mutants import PROMPTS, VOCAB
 from test_speculative import chi_square_p, exact_distribution, marginal
 
 from specfair.decoding.continuations import generate_batch
@@ -23,12 +23,6 @@ from specfair.vocab import (
     quantize_int8,
     save_id_map,
 )
-
-
-@pytest.fixture(scope="module")
-def close_pair(tiny_llama):
-    target = tiny_llama(3, vocab=VOCAB, layers=2)
-    return target, perturbed_copy(target, seed=103)
 
 
 def target_ids(target, prompts, max_new=30) -> list[list[int]]:

@@ -110,6 +110,15 @@ def counters(y: list[int], blocks: list[Block], proposed: list[int]) -> dict:
 # --- the draft's side, batched ---------------------------------------------------------------------
 
 
+def right_padded(sequences: list[list[int]]) -> torch.Tensor:
+    """Ids [B, T], zeros after each row: under causal attention every real position's inputs are unchanged,
+    so a teacher-forced pass needs no mask."""
+    ids = torch.zeros((len(sequences), max(len(s) for s in sequences)), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, : len(s)] = torch.tensor(s)
+    return ids
+
+
 def teacher_forced(draft: PreTrainedModel, sequences: list[list[int]], vocab: int):
     """One forward over right-padded sequences [B, T]: logits float32 [B, T, vocab] and the KV cache.
 
@@ -122,9 +131,7 @@ def teacher_forced(draft: PreTrainedModel, sequences: list[list[int]], vocab: in
             f"mode=replay: the draft attends through a {window}-token sliding window and a prompt plus its "
             f"continuation has {width} tokens; replay reuses full-length KV caches, so use mode=decode"
         )
-    ids = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        ids[i, : len(s)] = torch.tensor(s)
+    ids = right_padded(sequences)
     cache = DynamicCache(config=draft.config)
     with torch.inference_mode():
         out = draft(input_ids=ids.to(draft.device), use_cache=True, **{cache_kwarg(draft): cache})

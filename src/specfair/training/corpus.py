@@ -212,20 +212,31 @@ def continuation_corpus(
     settings = {"kind": "continuations", **target_settings(target, vocab), "eos": sorted(eos),
                 "max_new_tokens": int(max_new_tokens), "teacher_k": int(teacher_k),
                 "prompts": hashlib.sha1(json.dumps(prompts).encode()).hexdigest()[:20]}  # fmt: skip
-    store = PartStore(cache_dir, settings) if cache_dir else None
-    order = sorted(range(len(prompts)), key=lambda j: len(prompts[j]))
-    out: list[TeacherText | None] = [None] * len(prompts)
+
+    def make(chunk: list[int]) -> list[TeacherText]:
+        made = generate_batch(target, [prompts[j] for j in chunk], max_new_tokens=int(max_new_tokens),
+                              vocab=vocab, eos=eos, teacher_k=int(teacher_k))  # fmt: skip
+        return [
+            TeacherText.build(prompts[j], [c], categories[j], int(teacher_k))
+            for j, c in zip(chunk, made, strict=True)
+        ]
+
+    return in_cached_batches(
+        prompts, batch_size, PartStore(cache_dir, settings) if cache_dir else None, make, desc
+    )
+
+
+def in_cached_batches(rows: list[list[int]], batch_size: int, store, make, desc: str) -> list[TeacherText]:
+    """`make(indices)` per batch of similar-length rows, each batch one part of `store` (read when it is there,
+    so a build cut short resumes part by part); the texts in the rows' order."""
+    order = sorted(range(len(rows)), key=lambda j: len(rows[j]))
+    out: list[TeacherText | None] = [None] * len(rows)
     starts = range(0, len(order), batch_size)
     for first in tqdm(starts, desc=desc, disable=None if len(starts) > 1 else True):
         chunk = order[first : first + batch_size]
         part = store.get(f"{first:06d}") if store else None
         if part is None:
-            made = generate_batch(target, [prompts[j] for j in chunk], max_new_tokens=int(max_new_tokens),
-                                  vocab=vocab, eos=eos, teacher_k=int(teacher_k))  # fmt: skip
-            part = [
-                TeacherText.build(prompts[j], [c], categories[j], int(teacher_k))
-                for j, c in zip(chunk, made, strict=True)
-            ]
+            part = make(chunk)
             if store:
                 store.put(f"{first:06d}", part)
         for j, text in zip(chunk, part, strict=True):
@@ -248,41 +259,23 @@ def scored_corpus(
     each later distillation run reads them instead of running the target on every batch."""
     settings = {"kind": "scored", **target_settings(target, vocab), "teacher_k": int(teacher_k),
                 "texts": hashlib.sha1(json.dumps(texts).encode()).hexdigest()[:20]}  # fmt: skip
+
+    def make(chunk: list[int]) -> list[TeacherText]:
+        scored = score_batch(target, [texts[j] for j in chunk], vocab, int(teacher_k))
+        return [TeacherText(texts[j], *rows, categories[j]) for j, rows in zip(chunk, scored, strict=True)]
+
     store = PartStore(cache_dir, settings) if cache_dir else None
-    order = sorted(range(len(texts)), key=lambda j: len(texts[j]))
-    out: list[TeacherText | None] = [None] * len(texts)
-    starts = range(0, len(order), batch_size)
-    for first in tqdm(
-        starts, desc="target top-k of the training texts", disable=None if len(starts) > 1 else True
-    ):
-        chunk = order[first : first + batch_size]
-        part = store.get(f"{first:06d}") if store else None
-        if part is None:
-            part = [
-                TeacherText(texts[j], ti, tl, taught, categories[j])
-                for j, (ti, tl, taught) in zip(chunk, score_batch(target, [texts[j] for j in chunk], vocab,
-                                                                  int(teacher_k)), strict=True)
-            ]  # fmt: skip
-            if store:
-                store.put(f"{first:06d}", part)
-        for j, text in zip(chunk, part, strict=True):
-            out[j] = text
-    return out
+    return in_cached_batches(texts, batch_size, store, make, "target top-k of the training texts")
 
 
 def score_batch(target, rows: list[list[int]], vocab: int, k: int) -> list[tuple]:
     """(top_ids int32, top_logprobs float16, taught bool) per row: row j holds the target's distribution over
     token j given the tokens before it (the first token has none)."""
-    width = max(len(r) for r in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long, device=target.device)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
+    from specfair.decoding.replay import right_padded  # replay's teacher-forced padding: no mask needed
+
     with torch.inference_mode():
-        logprobs = torch.log_softmax(
-            target(input_ids=ids, attention_mask=mask).logits[..., :vocab].float(), -1
-        )
+        logits = target(input_ids=right_padded(rows).to(target.device)).logits
+        logprobs = torch.log_softmax(logits[..., :vocab].float(), -1)
         top = logprobs.topk(k, dim=-1)
     result = []
     for i, r in enumerate(rows):
