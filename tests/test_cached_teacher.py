@@ -38,11 +38,19 @@ def test_scored_corpus_is_cached(tiny_llama, tmp_path, monkeypatch):
     target = tiny_llama(0, vocab=VOCAB, layers=2)
     texts, cats = [[1, 2, 3], [4, 5, 6, 7], [8, 9]], ["a", "b", "a"]
     first = scored_corpus(target, texts, cats, VOCAB, teacher_k=4, batch_size=2, cache_dir=tmp_path)
+    real = corpus.score_batch
     monkeypatch.setattr(corpus, "score_batch", lambda *a, **k: pytest.fail("recomputed a cached part"))
     again = scored_corpus(target, texts, cats, VOCAB, teacher_k=4, batch_size=2, cache_dir=tmp_path)
     assert [t.ids for t in again] == texts and [t.category for t in again] == cats
     for a, b in zip(first, again, strict=True):
         assert torch.equal(a.top_ids, b.top_ids) and torch.equal(a.top_logprobs, b.top_logprobs)
+    # another mix of the same rows (an imbalance run) reads them per text: only the new text is scored
+    scored = []
+    monkeypatch.setattr(corpus, "score_batch", lambda t, rows, *a: scored.extend(rows) or real(t, rows, *a))
+    mix = scored_corpus(target, [texts[2], [5, 5, 5], texts[0]], ["c", "c", "a"], VOCAB, teacher_k=4,
+                        batch_size=2, cache_dir=tmp_path)  # fmt: skip
+    assert scored == [[5, 5, 5]] and [t.category for t in mix] == ["c", "c", "a"]
+    assert torch.equal(mix[2].top_ids, first[0].top_ids)
 
 
 def test_cached_teacher_trains_without_a_target_pass(tmp_path, tiny_llama):

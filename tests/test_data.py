@@ -310,3 +310,25 @@ def test_hub_only_dataset_offline_says_what_to_do(dataset_cfg, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(SpecfairError, match="ships no bundled sample"):
         build_splits(dataset_cfg("yelp"), seed=0)
+
+
+def test_full_agnews_as_two_local_files(local_cfg, shared_data):
+    """The full AG News test split for prompts and the partial train file for training (dataset.train_path)."""
+    cfg = local_cfg(
+        os.path.join(shared_data, "agnews_test.jsonl"),
+        train_path=os.path.join(shared_data, "agnews_train_partial.jsonl"),
+        category_field="label_name",
+        label_names=["World", "Sports", "Business", "Sci/Tech"],  # the category order
+        per_category=100,
+    )
+    splits = build_splits(cfg, seed=0)
+    assert splits.categories == ["World", "Sports", "Business", "Sci/Tech"]
+    assert Counter(r.category for r in splits.eval) == {c: 100 for c in splits.categories}
+    assert Counter(r.category for r in splits.train) == {
+        "World": 1719,
+        "Sports": 1579,
+        "Business": 1673,
+        "Sci/Tech": 1942,
+    }
+    with pytest.raises(SpecfairError, match="train_path and dataset.split_field are both set"):
+        build_splits(OmegaConf.merge(cfg, {"split_field": "split"}), seed=0)

@@ -73,15 +73,26 @@ def test_transfer_evaluates_every_draft_on_every_dataset(planned):
 def test_q2_gives_each_mix_its_own_checkpoint_and_keeps_evaluation_balanced(planned):
     steps = planned("q2_imbalance")
     trainings = [s for s in steps if s.kind == "train"]
-    assert len(trainings) == 2 * 4 + 2
+    assert len(trainings) == 3 * (
+        2 * (2 * 4 + 1) + 3 * 4
+    )  # seeds x (arms x (rho 100, 10 x heads + rho 1) + samplers)
     exports = {s.info["export_dir"] for s in trainings}
-    assert len(exports) == len(trainings)  # no two mixes share a folder
+    assert len(exports) == len(trainings)  # no two mixes or arms share a folder
     assert {s.info["imbalance"]["ratio"] for s in trainings} == {1, 10, 100}
-    balanced = [s for s in trainings if s.info["train"]["sampling"] == "balanced"]
-    assert len(balanced) == 1 and balanced[0].info["imbalance"]["ratio"] == 100
+    fair = [s for s in trainings if s.info["train"]["sampling"] != "natural"]
+    assert {s.info["train"]["sampling"] for s in fair} == {"group_dro", "balanced", "temperature"}
+    assert {(s.info["imbalance"]["ratio"], s.info["train_name"]) for s in fair} == {(100, "kd_short")}
+    assert {s.info["train"]["teacher"] for s in trainings} == {"cached"}
+    assert {s.info["start"] for s in trainings} == {"generalist"}
+    baselines = [s.label for s in steps if s.kind == "evaluate" and s.needs is None]
+    assert baselines == ["agnews_full: generalist", "agnews_full: base"]  # the runs' start, then the base
     for s in steps:
         if s.kind == "evaluate":
             assert not any(o.startswith("dataset.imbalance") for o in s.overrides)
+    narrow = planned(
+        "q2_imbalance", "experiment.seeds=[1]", "experiment.arms=[kd_short]", "experiment.samplers=[]"
+    )
+    assert len([s for s in narrow if s.kind == "train"]) == 2 * 4 + 1
     assert variant_name({"dataset.imbalance.ratio": 10, "dataset.imbalance.head": "Sci/Tech", "seed": 1}) == (
         "rho10_headSci-Tech_seed1"
     )

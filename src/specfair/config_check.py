@@ -105,6 +105,7 @@ DATASET: Schema = {
     "hub": optional(MAPPING),
     "bundled": optional(TEXT),
     "path": optional(TEXT),
+    "train_path": optional(TEXT),
     "split_field": optional(TEXT),
     "eval_split_value": SCALAR,
     "train_split_value": SCALAR,

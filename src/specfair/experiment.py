@@ -42,7 +42,9 @@ class Step:
 
 def plain(node, default):
     """A config node as plain Python (resolved), or the default where the key is absent."""
-    return default if node is None else OmegaConf.to_container(node, resolve=True)
+    if node is None:
+        return default
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def as_overrides(values: dict) -> list[str]:
@@ -50,12 +52,15 @@ def as_overrides(values: dict) -> list[str]:
 
 
 def grid_points(spec: DictConfig) -> list[dict]:
-    """The cartesian product of `grid` (key -> list of values), then the extra `runs`, without repeats."""
-    grid = plain(spec.get("grid"), {})
-    for key, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise SpecfairError(f"experiment grid key {key!r}: expected a non-empty list, got {values!r}")
-    points = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
+    """The cartesian product of `grid` (key -> list of values; or a list of such grids, one product each),
+    then the extra `runs`, without repeats."""
+    grids = plain(spec.get("grid"), {})
+    points = []
+    for grid in grids if isinstance(grids, list) else [grids]:
+        for key, values in grid.items():
+            if not isinstance(values, list):  # an empty list leaves that grid out (a narrowed experiment)
+                raise SpecfairError(f"experiment grid key {key!r}: expected a list, got {values!r}")
+        points += [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
     points += plain(spec.get("runs"), [])
     unique = []
     for p in points:
@@ -114,7 +119,7 @@ def training_steps(cfg: DictConfig, exp_dir: Path, common: list[str]) -> list[St
         train_name, start, seed = composed.train.name, composed.draft.name, int(composed.seed)
         variant = variant_name(point) if exp.train.get("variants") else None
         if variant:
-            export = Path(cfg.paths.ckpt_dir, composed.pair.name, dataset, exp.name, variant)
+            export = Path(cfg.paths.ckpt_dir, composed.pair.name, dataset, exp.name, train_name, variant)
             overrides.append(f"export_dir={export}")
         else:
             export = Path(composed.export_dir)
@@ -168,7 +173,8 @@ def finetuned_draft(t: Step) -> list[str]:
 
 
 def evaluation_steps(cfg: DictConfig, exp_dir: Path, common: list[str], trainings: list[Step]) -> list[Step]:
-    """The base draft and every trained draft on each evaluated dataset (its own, or every listed one)."""
+    """The baseline drafts (`base`) and every trained draft on each evaluated dataset (its own, or every listed
+    one)."""
     exp = cfg.experiment
     ev = exp.evaluate
     eval_common = [*common, *as_overrides(plain(ev.get("overrides"), {})), f"logger.group={exp.name}"]
@@ -176,12 +182,14 @@ def evaluation_steps(cfg: DictConfig, exp_dir: Path, common: list[str], training
     on = on if isinstance(on, str) else plain(on, [])
     own = [t.info["dataset"] for t in trainings if t.info["dataset"] != "generalist"]
     datasets = list(dict.fromkeys(own)) if on == "trained" else on
+    base = plain(ev.get("base"), True)  # true: the truncated base; a list: these drafts' own configs (untrained)
+    baselines = ["base"] if base is True else [] if base is False else list(base)
     evaluations = []
     for dataset in datasets:
-        if ev.get("base", True):
-            overrides = [*eval_common, f"dataset={dataset}", "draft=base"]
+        for name in baselines:
+            overrides = [*eval_common, f"dataset={dataset}", f"draft={name}"]
             evaluations.append(
-                Step("evaluate", f"{dataset}: base", overrides, exp_dir / "evaluate" / f"{dataset}__base")
+                Step("evaluate", f"{dataset}: {name}", overrides, exp_dir / "evaluate" / f"{dataset}__{name}")
             )
         for t in trainings:
             if on == "trained" and t.info["dataset"] not in (dataset, "generalist"):

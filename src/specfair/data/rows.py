@@ -134,6 +134,12 @@ def load_pools(cfg: DictConfig) -> tuple[list[dict], list[dict] | None, str]:
         if not cfg.get("path"):
             raise SpecfairError("dataset.source=local needs dataset.path=FILE (.jsonl, .csv or .parquet)")
         records = read_table(cfg.path)
+        if cfg.get("train_path"):  # separate files: path holds the eval prompts, train_path the training rows
+            if cfg.get("split_field"):
+                raise SpecfairError(
+                    "dataset.train_path and dataset.split_field are both set: use two files or one split field"
+                )
+            return records, read_table(cfg.train_path), "local"
         split_field = cfg.get("split_field")
         if not split_field:
             return records, None, "local"

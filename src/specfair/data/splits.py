@@ -136,7 +136,8 @@ def build_splits(cfg: DictConfig, seed: int, count_tokens=None) -> Splits:
     eval_records, train_records, source = load_pools(cfg)
     origin = origin_of(cfg, source)
     eval_pool = to_rows(eval_records, cfg, origin, source)
-    train_pool = to_rows(train_records, cfg, origin, source) if train_records else None
+    train_origin = str(cfg.get("train_path") or origin)
+    train_pool = to_rows(train_records, cfg, train_origin, source) if train_records else None
     if cfg.get("category_from") == "url" and cfg.get("group_by", "section") != "source":
         eval_pool, train_pool = _fold_small_groups(
             eval_pool, train_pool, int(cfg.get("min_category_rows", 0))

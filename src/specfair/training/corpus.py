@@ -17,7 +17,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -255,17 +255,31 @@ def scored_corpus(
     cache_dir,
 ) -> list[TeacherText]:
     """Human texts with the target's top-k next-token log-probabilities at every position after the first
-    (`train.teacher=cached`): one teacher-forced target pass over a dataset's training texts, cached, so that
-    each later distillation run reads them instead of running the target on every batch."""
-    settings = {"kind": "scored", **target_settings(target, vocab), "teacher_k": int(teacher_k),
-                "texts": hashlib.sha1(json.dumps(texts).encode()).hexdigest()[:20]}  # fmt: skip
-
-    def make(chunk: list[int]) -> list[TeacherText]:
-        scored = score_batch(target, [texts[j] for j in chunk], vocab, int(teacher_k))
-        return [TeacherText(texts[j], *rows, categories[j]) for j, rows in zip(chunk, scored, strict=True)]
-
+    (`train.teacher=cached`): one teacher-forced target pass per text, cached per text (keyed by its ids), so
+    that every later distillation run reads them, whatever mix of the dataset's rows it trains on."""
+    settings = {"kind": "scored", **target_settings(target, vocab), "teacher_k": int(teacher_k)}
     store = PartStore(cache_dir, settings) if cache_dir else None
-    return in_cached_batches(texts, batch_size, store, make, "target top-k of the training texts")
+    keys = [hashlib.sha1(json.dumps(t).encode()).hexdigest()[:24] for t in texts]
+    out: list[TeacherText | None] = [None] * len(texts)
+    if store:
+        for j, key in enumerate(keys):
+            part = store.get(key)
+            out[j] = part[0] if part else None
+    missing = sorted((j for j, t in enumerate(out) if t is None), key=lambda j: len(texts[j]))
+    starts = range(0, len(missing), batch_size)
+    for first in tqdm(
+        starts, desc="target top-k of the training texts", disable=None if len(starts) > 1 else True
+    ):
+        chunk = missing[first : first + batch_size]
+        for j, rows in zip(
+            chunk, score_batch(target, [texts[j] for j in chunk], vocab, int(teacher_k)), strict=True
+        ):
+            out[j] = TeacherText(texts[j], *rows, categories[j])
+            if store:
+                store.put(keys[j], [out[j]])
+    if missing:
+        log.info("scored %d of %d training texts (the rest were cached)", len(missing), len(texts))
+    return [replace(t, category=c) for t, c in zip(out, categories, strict=True)]
 
 
 def score_batch(target, rows: list[list[int]], vocab: int, k: int) -> list[tuple]:

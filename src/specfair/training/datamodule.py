@@ -253,6 +253,7 @@ class DraftDataModule(pl.LightningDataModule):
         target=None,
         vocab: int | None = None,
         teacher: str = "stored",
+        objective: str = "kd",  # lm: no teacher, so teacher=cached scores nothing
     ):
         super().__init__()
         if texts is None and (dataset is None or tokenizer is None):
@@ -261,7 +262,7 @@ class DraftDataModule(pl.LightningDataModule):
             raise ValueError(f"DraftDataModule(data={data!r}, validate_on={validate_on!r}) needs the target")
         self.dataset_cfg, self.tokenizer, self.texts = dataset, tokenizer, texts
         self.data, self.validate_on, self.corpus_cfg, self.cache_dir = data, validate_on, corpus, cache_dir
-        self.target, self.vocab, self.teacher = target, vocab, teacher
+        self.target, self.vocab, self.teacher, self.objective = target, vocab, teacher, objective
         self.seed, self.batch_size, self.max_length = int(seed), int(batch_size), int(max_length)
         self.sampling, self.sampling_temperature = sampling, float(sampling_temperature)
         if pad_id is None:
@@ -283,9 +284,8 @@ class DraftDataModule(pl.LightningDataModule):
         self.texts = load_texts(
             self.dataset_cfg, self.tokenizer, self.seed, self.max_length, continue_with, self.data
         )
-        if (
-            self.data == "text" and self.teacher == "cached"
-        ):  # the target's top-k of every text, read per step
+        if self.data == "text" and self.teacher == "cached" and self.objective == "kd":
+            # the target's top-k of every text, read per step
             t = self.texts
             scored = scored_corpus(
                 self.target, t.train_ids, [t.categories[c] for c in t.train_categories], self.vocab,
