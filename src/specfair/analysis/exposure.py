@@ -25,6 +25,7 @@ share would otherwise be missed. The minimum detectable effect at 80 % power, tw
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -177,6 +178,30 @@ def delta(
     return _interval(value, draws, _over(panel, runs, prompts))
 
 
+def _rotation_mean(
+    per_run: np.ndarray, heads: np.ndarray, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """[B] mean over rotations of the mean over seeds of [B, R] draws; given `rng`, seeds are redrawn within
+    each rotation and widened by √(s/(s-1)) as in `delta`."""
+    b = np.arange(per_run.shape[0])[:, None]
+    out = []
+    for h in np.unique(heads):
+        i = np.flatnonzero(heads == h)
+        mean = per_run[:, i].mean(1)
+        if rng is not None and len(i) > 1:
+            picked = per_run[b, i[rng.integers(0, len(i), (per_run.shape[0], len(i)))]].mean(1)
+            mean = mean + np.sqrt(len(i) / (len(i) - 1)) * (picked - mean)
+        out.append(mean)
+    return np.mean(out, axis=0)
+
+
+def _point(per_run: np.ndarray, heads: np.ndarray) -> float:
+    """The mean over rotations of the mean over seeds, skipping runs where the statistic is undefined."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(np.nanmean([np.nanmean(per_run[heads == h]) for h in np.unique(heads)]))
+
+
 def head_minus_rest_ci(panel: Panel, resamples: int = RESAMPLES, seed: int = 0, runs: bool = True) -> dict:
     """Mean over rotations of the mean over seeds of head − rest, with min/max over runs, CI and MDE.
 
@@ -184,24 +209,68 @@ def head_minus_rest_ci(panel: Panel, resamples: int = RESAMPLES, seed: int = 0, 
     no interval (`why` says so, `prompts_only` holds the interval over prompts alone, for reference).
     """
     per_run = head_minus_rest(panel.gains, panel.heads)
-    rotations = [np.flatnonzero(panel.heads == h) for h in np.unique(panel.heads)]
-    value = float(np.mean([np.nanmean(per_run[i]) for i in rotations]))
+    value = _point(per_run, panel.heads)
     spread = {"min": float(np.nanmin(per_run)), "max": float(np.nanmax(per_run))}
-    if runs and max(len(i) for i in rotations) < 2:
+    if runs and _seeds_per_rotation(panel.heads) < 2:
         out = no_interval(value, "one run" if len(per_run) < 2 else "one seed per rotation")
         if panel.parts is not None:
             out["prompts_only"] = head_minus_rest_ci(panel, resamples, seed, runs=False)
         return out | spread
     rng = np.random.default_rng(seed)
     draws = head_minus_rest(resampled_gains(panel, resamples, rng), panel.heads)  # [B, R]
-    b = np.arange(resamples)[:, None]
+    draws = _rotation_mean(draws, panel.heads, rng if runs else None)
+    return _interval(value, draws, _over(panel, runs, True)) | spread
 
-    def rotation_mean(i: np.ndarray) -> np.ndarray:  # seeds redrawn, widened by √(s/(s-1)) as in `delta`
-        mean = draws[:, i].mean(1)
-        if not runs or len(i) < 2:
-            return mean
-        picked = draws[b, i[rng.integers(0, len(i), (resamples, len(i)))]].mean(1)
-        return mean + np.sqrt(len(i) / (len(i) - 1)) * (picked - mean)
 
-    per_rotation = [rotation_mean(i) for i in rotations]
-    return _interval(value, np.mean(per_rotation, axis=0), _over(panel, runs, True)) | spread
+def _seeds_per_rotation(heads: np.ndarray) -> int:
+    return int(np.unique(heads, return_counts=True)[1].max(initial=0))
+
+
+def run_fairness(gains: np.ndarray) -> dict[str, np.ndarray]:
+    """[..., R] per run: the worst category's gain, the mean over categories, and the gap (best − worst)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a run with every gain undefined
+        worst, best = np.nanmin(gains, -1), np.nanmax(gains, -1)
+        return {"worst": worst, "mean": np.nanmean(gains, -1), "gap": best - worst}
+
+
+FAIRNESS = ("worst", "mean", "gap")
+
+
+def fairness_draws(panel: Panel, resamples: int = RESAMPLES, seed: int = 0) -> tuple[dict, dict]:
+    """({stat: value}, {stat: [B] draws}) of the worst-category gain, mean gain and gap, each a mean over
+    rotations of the mean over seeds. Draws share the prompt draw of any other panel drawn with the same seed
+    and prompts, so differences between samplers keep their pairing on prompts; runs are redrawn per panel."""
+    values = {k: _point(v, panel.heads) for k, v in run_fairness(panel.gains).items()}
+    rng = np.random.default_rng(seed)
+    per_run = run_fairness(resampled_gains(panel, resamples, rng))
+    rng_runs = rng if _seeds_per_rotation(panel.heads) > 1 else None
+    return values, {k: _rotation_mean(per_run[k], panel.heads, rng_runs) for k in FAIRNESS}
+
+
+def fairness_ci(panel: Panel, resamples: int = RESAMPLES, seed: int = 0) -> dict[str, dict]:
+    """Worst-category gain, mean gain and gap, each with a 95% CI (over runs only with ≥ 2 seeds per rotation)."""
+    values, draws = fairness_draws(panel, resamples, seed)
+    if _seeds_per_rotation(panel.heads) < 2:
+        why = "one run" if len(panel.heads) < 2 else "one seed per rotation"
+        return {k: no_interval(values[k], why) for k in FAIRNESS}
+    return {k: _interval(values[k], draws[k], _over(panel, True, True)) for k in FAIRNESS}
+
+
+def fairness_against(
+    reference: Panel, other: Panel, resamples: int = RESAMPLES, seed: int = 0
+) -> dict[str, dict]:
+    """The other sampler against the reference (natural) at the same mix: worst − worst, worst − the
+    reference's mean (the moonshot's bar), and mean / reference mean − 1, each with a 95% CI."""
+    (rv, rd), (ov, od) = fairness_draws(reference, resamples, seed), fairness_draws(other, resamples, seed)
+    pairs = {
+        "worst_change": (ov["worst"] - rv["worst"], od["worst"] - rd["worst"]),
+        "worst_minus_reference_mean": (ov["worst"] - rv["mean"], od["worst"] - rd["mean"]),
+        "relative_mean_change": (
+            ov["mean"] / rv["mean"] - 1 if rv["mean"] else float("nan"),
+            _ratio(od["mean"], rd["mean"]) - 1,
+        ),
+    }
+    if min(_seeds_per_rotation(reference.heads), _seeds_per_rotation(other.heads)) < 2:
+        return {k: no_interval(v, "one seed per rotation") for k, (v, _) in pairs.items()}
+    return {k: _interval(v, d, _over(other, True, True)) for k, (v, d) in pairs.items()}

@@ -3,8 +3,9 @@
 Each fine-tuned run of the imbalance experiment trained on one mix: ratio rho = n_head / n_tail, the head
 category rotated over all categories, the same token budget. Ranking every category by its planned share
 (0 = head, K-1 = tail) and averaging over rotations separates "this category has more data" from "this
-category is easier", which a single run cannot. The balanced-sampler runs show whether a fair sampler closes
-the gap at the same data. Per (arm, sampler, ratio), and pooled over ratios, `exposure` estimates δ, the gain
+category is easier", which a single run cannot. The fair-sampler runs (balanced, temperature, group DRO) show
+whether a sampler closes the gap at the same data: worst-category gain, mean gain and gap, against natural
+sampling at the same mix, each with a cluster-bootstrap CI. Per (arm, sampler, ratio), and pooled over ratios, `exposure` estimates δ, the gain
 per unit of log training share, and head − rest, each with a cluster-bootstrap CI and the smallest effect the
 design could detect. A pooled rank correlation over runs × categories is not reported: category ease and run
 effects make its points unexchangeable, and per run, 4 categories cannot reach p < 0.083.
@@ -160,6 +161,7 @@ def condition(
     missing = [c for c in categories if c not in heads] if ratio > 1 else []
     where = f"{arm + ', ' if arm else ''}{sampling} sampling, rho={ratio:g}"
     inference = _inference(group, where, ratio, prompts, resamples)
+    fairness = exposure.fairness_ci(panel(group, prompts)[0], resamples)
     if missing:
         inference["notes"].insert(
             0,
@@ -178,6 +180,7 @@ def condition(
         "head_minus_rest": inference["head_minus_rest"],
         "head_minus_rest_validation": None if None in validation else float(np.mean(validation)),
         "delta": inference["delta"],
+        "fairness": fairness,
         "notes": inference["notes"],
     }
 
@@ -204,6 +207,12 @@ def analyze(
             groups.setdefault((r["arm"], r["sampling"], r["ratio"]), []).append(r)
         keys = sorted(groups, key=lambda t: (t[0], t[1] != "natural", t[2]))
         conditions = [condition(groups[k], k[2], k[1], k[0], prompts, resamples) for k in keys]
+        for key, c in zip(keys, conditions, strict=True):  # a fair sampler against natural at the same mix
+            natural = groups.get((key[0], "natural", key[2]))
+            if key[1] != "natural" and natural:
+                c["against_natural"] = exposure.fairness_against(
+                    panel(natural, prompts)[0], panel(groups[key], prompts)[0], resamples
+                )
         pooled = []
         for arm, sampling in dict.fromkeys(k[:2] for k in keys):
             group = [r for r in runs if (r["arm"], r["sampling"]) == (arm, sampling)]

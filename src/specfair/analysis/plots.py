@@ -132,8 +132,8 @@ def imbalance_plot(result: Mapping, out_dir: Path) -> Path:
     samplers. The panel title carries δ pooled over ratios (natural sampling) with its CI."""
     plt = _pyplot()
     arms = list(dict.fromkeys(c["arm"] for c in result["conditions"]))
-    fig, axes = plt.subplots(1, len(arms), figsize=(6.4 * len(arms), 4.2), squeeze=False)
-    for ax, arm in zip(axes[0], arms, strict=True):
+    fig, axes = plt.subplots(2, len(arms), figsize=(6.4 * len(arms), 8.4), squeeze=False)
+    for ax, low, arm in zip(axes[0], axes[1], arms, strict=True):
         conditions = [c for c in result["conditions"] if c["arm"] == arm]
         pooled = next(
             (p for p in result.get("pooled", []) if (p["arm"], p["sampling"]) == (arm, "natural")), None
@@ -141,7 +141,41 @@ def imbalance_plot(result: Mapping, out_dir: Path) -> Path:
         _imbalance_panel(plt, ax, conditions)
         delta = f"\nnatural, all ratios: {estimate(pooled['delta'])}" if pooled else ""
         ax.set_title(f"{result['dataset']}, {arm}: alpha gain by data rank{delta}", fontsize=9)
+        runs = [r for r in result["runs"] if r["arm"] == arm and r["sampling"] == "natural"]
+        _share_panel(plt, low, runs, len(conditions[0]["gain_by_rank"]))
+        low.set_title(f"{result['dataset']}, {arm}, natural sampling: each run's categories", fontsize=9)
     return _save(fig, out_dir / f"{result['dataset']}_gain_vs_ratio.png")
+
+
+def _share_panel(plt, ax, runs: list[Mapping], k: int) -> None:
+    """Alpha gain against the category's share of the training data, one point per run × category, coloured
+    by its data rank (head → tail); large markers: the mean per rank and ratio."""
+    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(k, 1)))
+    names = {0: "head (most data)", k - 1: "tail (least data)"}
+    for rank in range(k):
+        cells = [
+            (r["exposure"][c], r["gain"][c], r["ratio"])
+            for r in runs
+            for c in r["rank"]
+            if r["rank"][c] == rank
+        ]
+        cells = [t for t in cells if t[0] > 0 and t[1] is not None]
+        if not cells:
+            continue
+        share, gain, ratio = (np.array(v, dtype=float) for v in zip(*cells, strict=True))
+        ax.scatter(
+            share, gain, s=10, alpha=0.45, color=colors[rank], label=names.get(rank, f"rank {rank + 1}")
+        )
+        for rho in np.unique(ratio):
+            on = ratio == rho
+            ax.plot(share[on].mean(), gain[on].mean(), marker="D", ms=8, mec="black", color=colors[rank])
+    ax.set_xscale("log")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel(
+        f"category's share of the training data ({runs[0]['exposure_basis'] if runs else 'tokens'})"
+    )
+    ax.set_ylabel("alpha gain (diamonds: mean per rank and rho)")
+    ax.legend(fontsize=8)
 
 
 def _imbalance_panel(plt, ax, conditions: list[Mapping]) -> None:

@@ -147,7 +147,33 @@ def imbalance_sentences(result: Mapping) -> list[str]:
                 + (f" vs {num(same['gain_by_rank'][-1]['mean'], sign=True)}" if same else "")
                 + f"; {estimate(c['delta'])}."
             )
+            if same and c.get("against_natural"):
+                text.append(_fair_sampler(c, same))
     return text
+
+
+def _fair_sampler(c: Mapping, natural: Mapping) -> str:
+    """A fair sampler against natural sampling at one mix: worst-category and mean gain, and the moonshot's
+    test (worst category at least natural's mean gain, mean gain down by at most 10%)."""
+    f, n, vs = c["fairness"], natural["fairness"], c["against_natural"]
+    bar, mean = vs["worst_minus_reference_mean"], vs["relative_mean_change"]
+    met = [bar["low"] is not None and bar["low"] >= 0, mean["low"] is not None and mean["low"] >= -0.10]
+    missed = [bar["high"] is not None and bar["high"] < 0, mean["high"] is not None and mean["high"] < -0.10]
+    outcome = (
+        "met" if all(met) else "missed" if any(missed) else "not shown either way (the CIs span the bars)"
+    )
+    return (
+        f"{c['sampling']} against natural sampling at rho={c['ratio']:g} (mean per run over rotations and seeds): "
+        f"worst-category gain {interval(f['worst'], sign=True)} vs {interval(n['worst'], sign=True)}, "
+        f"mean gain {interval(f['mean'], sign=True)} vs {interval(n['mean'], sign=True)}, "
+        f"gap (best − worst) {interval(f['gap'])} vs {interval(n['gap'])}. Its worst category minus natural's "
+        f"mean gain: {interval(bar, sign=True)} (bar ≥ 0); its mean gain against natural's: "
+        f"{_pct(mean['value'])} [{_pct(mean['low'])}, {_pct(mean['high'])}] (bar ≥ −10%): {outcome}."
+    )
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:+.1f}%"
 
 
 # --- transfer matrix ---------------------------------------------------------------------------------------

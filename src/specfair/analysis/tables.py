@@ -101,6 +101,20 @@ def imbalance_section(result: Mapping) -> list[str]:
         lines.append(
             f"| {c['arm']} | {c['sampling']} | {rho} | {c['runs']} | {_estimate_cells(c['delta'])} |"
         )
+    lines += [
+        "",
+        "Fairness per condition: per run, the worst category's alpha gain, the mean over categories and the "
+        "gap (best − worst), averaged over seeds then rotations, with 95% CIs.",
+        "",
+        "| arm | sampling | rho | runs | worst [95% CI] | mean [95% CI] | gap [95% CI] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in result["conditions"]:
+        f = c["fairness"]
+        lines.append(
+            f"| {c['arm']} | {c['sampling']} | {c['ratio']:g} | {c['runs']} | {interval(f['worst'], sign=True)} "
+            f"| {interval(f['mean'], sign=True)} | {interval(f['gap'])} |"
+        )
     lines += [""]
     if result.get("plot"):
         lines += [_image(result["plot"]), ""]
