@@ -119,6 +119,16 @@ def test_int8_draft_is_lossless(close_pair):
     assert stats.accepted > 0
 
 
+def test_int8_draft_of_a_bfloat16_pair_is_lossless(close_pair):
+    """The int8 kernels take float32: a bfloat16 draft is quantised from float32, beside a bfloat16 target."""
+    target, draft = (m.to(torch.bfloat16) for m in map(copy.deepcopy, close_pair))
+    quantized = quantize_int8(draft)
+    ids = torch.tensor([PROMPTS[0]])
+    out, stats = speculative_generate(target, quantized, ids, gamma=4, max_new_tokens=20)
+    assert torch.equal(out, autoregressive_generate(target, ids, max_new_tokens=20))
+    assert stats.proposed > 0
+
+
 def test_int8_on_cuda_is_refused_in_one_line(close_pair):
     with pytest.raises(SpecfairError, match="draft.quantize=int8 runs on CPU only"):
         quantize_int8(close_pair[1], "cuda")

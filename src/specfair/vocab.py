@@ -115,7 +115,9 @@ def load_id_map(folder: str | Path, size: int, tokens: int) -> tuple[list[int], 
 
 
 def quantize_int8(draft: PreTrainedModel, device: str | torch.device = "cpu") -> PreTrainedModel:
-    """Dynamic int8 quantisation of every Linear (weights int8, activations quantised per call): CPU only."""
+    """Dynamic int8 quantisation of every Linear (weights int8, activations quantised per call): CPU only.
+    The kernels take float32 activations, so a bfloat16 draft is made float32 first (its logits come out
+    float32; the engine reads draft and target distributions separately, so the dtypes may differ)."""
     if torch.device(device).type != "cpu":
         raise SpecfairError(f"draft.quantize=int8 runs on CPU only (dynamic quantisation), not on {device}")
     import warnings
@@ -124,4 +126,4 @@ def quantize_int8(draft: PreTrainedModel, device: str | torch.device = "cpu") ->
 
     with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
         warnings.simplefilter("ignore")
-        return quantize_dynamic(draft, {nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(draft.float(), {nn.Linear}, dtype=torch.qint8)
