@@ -35,6 +35,7 @@ q1: setup
 
 q2: setup
 	$(PY) experiment.py experiment=q2_imbalance
+	$(PY) experiment.py experiment=q2_emotion
 
 transfer: setup
 	$(PY) experiment.py experiment=transfer

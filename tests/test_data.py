@@ -312,15 +312,11 @@ def test_hub_only_dataset_offline_says_what_to_do(dataset_cfg, monkeypatch):
         build_splits(dataset_cfg("yelp"), seed=0)
 
 
-def test_full_agnews_as_two_local_files(local_cfg, shared_data):
-    """The full AG News test split for prompts and the partial train file for training (dataset.train_path)."""
-    cfg = local_cfg(
-        os.path.join(shared_data, "agnews_test.jsonl"),
-        train_path=os.path.join(shared_data, "agnews_train_partial.jsonl"),
-        category_field="label_name",
-        label_names=["World", "Sports", "Business", "Sci/Tech"],  # the category order
-        per_category=100,
-    )
+def test_full_agnews_as_two_local_files(dataset_cfg, local_cfg, shared_data):
+    """dataset=agnews_full: the full AG News test split for prompts and the partial train file for training
+    (dataset=local with dataset.train_path), as `make q2` uses them."""
+    cfg = dataset_cfg("agnews_full", per_category=100)
+    assert os.path.samefile(cfg.path, os.path.join(shared_data, "agnews_test.jsonl"))
     splits = build_splits(cfg, seed=0)
     assert splits.categories == ["World", "Sports", "Business", "Sci/Tech"]
     assert Counter(r.category for r in splits.eval) == {c: 100 for c in splits.categories}
@@ -331,4 +327,11 @@ def test_full_agnews_as_two_local_files(local_cfg, shared_data):
         "Sci/Tech": 1942,
     }
     with pytest.raises(SpecfairError, match="train_path and dataset.split_field are both set"):
-        build_splits(OmegaConf.merge(cfg, {"split_field": "split"}), seed=0)
+        build_splits(local_cfg(cfg.path, train_path=cfg.train_path, split_field="split"), seed=0)
+
+
+def test_full_emotion_holds_its_prompts_out(dataset_cfg, shared_data):
+    splits = build_splits(dataset_cfg("emotion_full", per_category=50), seed=0)
+    assert splits.categories == ["sadness", "joy", "love", "anger", "fear", "surprise"]
+    assert Counter(r.category for r in splits.eval) == {c: 50 for c in splits.categories}
+    assert Counter(r.category for r in splits.train)["surprise"] == 184 - 50
