@@ -93,3 +93,41 @@ def test_expected_alpha_metric_by_hand():
     assert out["greedy_agreement/b"] == pytest.approx(0.5)  # argmax differs at position 0 (tie broken to 0)
     assert out["expected_alpha"] == pytest.approx(0.7)
     assert out["expected_alpha/a"] != out["expected_alpha/a"]  # no positions: NaN, not 0
+
+
+def test_kept_ids_renormalise_both_distributions_and_drop_unkept_targets():
+    """draft.vocab_size training: the loss is the one over the kept ids only, p and q renormalised there."""
+    g = torch.Generator().manual_seed(3)
+    v, kept_ids = 12, [0, 2, 3, 7, 9]
+    kept = torch.zeros(v, dtype=torch.bool)
+    kept[kept_ids] = True
+    ids = torch.tensor([[1, 2, 7, 4, 9, 3]])
+    attention = torch.ones_like(ids)
+    t, d = torch.randn(1, 6, v, generator=g), torch.randn(1, 6, v, generator=g, requires_grad=True)
+    loss, parts = DistillationLoss(kd_weight=0.5)(ids, attention, t, d, v, kept=kept)
+    sub = torch.tensor(kept_ids)
+    want_kd = reference(t[:, :-1, sub], d[:, :-1, sub].detach(), "fkl").mean()
+    labels = ids[0, 1:]
+    inside = kept[labels]  # 2, 7, 9, 3 are kept; 4 is not: no cross-entropy on it
+    log_q = torch.log_softmax(d[0, :-1, sub].double(), -1)
+    position = {int(i): j for j, i in enumerate(kept_ids)}
+    want_ce = -torch.stack([log_q[k, position[int(x)]] for k, x in enumerate(labels) if inside[k]]).mean()
+    torch.testing.assert_close(parts["kd"].double(), want_kd, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(parts["ce"].double(), want_ce, rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert torch.isfinite(d.grad).all() and d.grad[..., ~kept].abs().max() < 1e-12  # unkept ids get no push
+    # a stored top-k teacher: its unkept entries dropped and the rest renormalised; no kept entry: not counted
+    top_ids = torch.tensor([[[0, 1]] * 3 + [[4, 5]] + [[2, 9]] * 2])  # row 3: nothing kept
+    top_lp = torch.log_softmax(torch.randn(1, 6, 2, generator=g), -1)
+    _, parts = DistillationLoss()(ids, attention, None, d, v, teacher=(top_ids, top_lp), kept=kept)
+    log_q_kept = torch.log_softmax(d[0].detach().double()[:, sub], -1)
+    rows = []
+    for j in range(1, 6):
+        if j == 3:
+            continue  # the teacher holds no kept id at position 3
+        ks = [k for k in range(2) if kept[top_ids[0, j, k]]]
+        lp = top_lp[0, j, ks].double()
+        p = torch.softmax(lp, -1)
+        q = torch.stack([log_q_kept[j - 1, position[int(top_ids[0, j, k])]] for k in ks])
+        rows.append((p * (torch.log(p) - q)).sum())
+    torch.testing.assert_close(parts["kd"].double(), torch.stack(rows).mean(), rtol=1e-5, atol=1e-6)

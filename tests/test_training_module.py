@@ -58,6 +58,7 @@ def tiny_run(tiny_llama):
             freeze_embeddings=s["freeze_embeddings"],
             sampling=s["sampling"],
             group_dro_step=s.get("group_dro_step", 0.1),
+            kept_ids=s.get("kept_ids"),
         )
         return module, data
 
@@ -215,3 +216,34 @@ def test_non_finite_loss_stops_with_the_step(tmp_path, tiny_run):
         module.draft.model.norm.weight.fill_(float("nan"))
     with pytest.raises(SpecfairError, match="non-finite training loss .* at step 0"):
         trainer(tmp_path, 6).fit(module, datamodule=data)
+
+
+def test_a_pruned_head_trains_and_validates_on_its_kept_ids(tmp_path, tiny_run):
+    """draft.vocab_size=N in training: finite loss over the kept ids, and validation's expected alpha is the
+    pruned draft's (q zero outside the kept ids) against the target's whole p, as evaluation will see it."""
+    from specfair.training.losses import next_token_views
+    from specfair.training.validation import ExpectedAlpha
+    from specfair.vocab import prune_head
+
+    kept = list(range(0, 32, 2)) + [1, 3]
+    module, data = tiny_run(kept_ids=kept)
+    t = trainer(tmp_path, 6)
+    t.fit(module, datamodule=data)
+    assert t.global_step == 6 and all(0 < h["expected_alpha"] < 1 for h in module.history)
+    pruned = prune_head(copy.deepcopy(module.draft).eval(), kept)
+    metric = ExpectedAlpha(module.categories)
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            target_logits = module.target(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            draft_logits = pruned(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            _, mask, p, q = next_token_views(
+                batch["input_ids"], batch["attention_mask"], target_logits, draft_logits, 32
+            )
+            metric.update(p, q, mask, batch["category"])
+    module.val_metric.reset()
+    t.validate(module, datamodule=data, verbose=False)
+    assert module.history[-1]["expected_alpha"] == pytest.approx(
+        float(metric.compute()["expected_alpha"]), abs=1e-5
+    )

@@ -86,6 +86,15 @@ def next_token_views(input_ids, attention_mask, target_logits, draft_logits, voc
     return input_ids[:, 1:], mask, target_logits[:, :-1, :vocab], draft_logits[:, :-1, :vocab]
 
 
+OUTSIDE = -1e4  # the logit of an id a pruned head never scores: exp() is exactly 0 in float32, no inf - inf
+
+
+def outside_kept(logits: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
+    """Logits [..., V] with every id outside `kept` (bool [>= V]) pushed to OUTSIDE: a softmax over them is the
+    distribution renormalised over the kept ids, what a `draft.vocab_size` head proposes from."""
+    return logits if kept is None else logits.masked_fill(~kept[: logits.shape[-1]], OUTSIDE)
+
+
 @dataclass(frozen=True)
 class DistillationLoss:
     """The training objective: kd_weight * divergence(target, draft) + (1 - kd_weight) * cross-entropy.
@@ -112,6 +121,7 @@ class DistillationLoss:
         teacher: tuple[torch.Tensor, torch.Tensor] | None = None,
         ce_mask: torch.Tensor | None = None,
         reduction: str = "mean",
+        kept: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """ids, masks [B, T]; logits [B, T, V >= vocab] -> (scalar loss, {"ce", "kd"} parts for logging).
 
@@ -121,6 +131,9 @@ class DistillationLoss:
         it instead of `target_logits` (may then be None; fkl only). `ce_mask` [B, T] further restricts the
         cross-entropy (not on the draft's own samples: that would teach it what it already says).
         `reduction` "row" returns the loss of each row [B] (for group DRO) instead of the batch's mean.
+        `kept` (bool [V]): a pruned-head draft (`draft.vocab_size`): both distributions renormalised over the
+        kept ids; cross-entropy only where the next token is kept, distillation only where the teacher puts
+        mass on a kept id.
         """
         reduce = masked_mean if reduction == "mean" else row_mean
         if target_logits is None:
@@ -129,6 +142,12 @@ class DistillationLoss:
         if loss_mask is not None:
             mask = mask & loss_mask[:, 1:].bool()
         ce_where = mask if ce_mask is None else mask & ce_mask[:, 1:].bool()
+        if kept is not None:
+            t, d, ce_where = outside_kept(t, kept), outside_kept(d, kept), ce_where & kept[labels]
+            if teacher is not None:
+                inside = kept[teacher[0].long()]
+                teacher = (teacher[0], teacher[1].float().masked_fill(~inside, OUTSIDE))
+                mask = mask & inside[:, 1:].any(-1)
         ce = reduce(F.cross_entropy(d.transpose(1, 2).float(), labels, reduction="none"), ce_where)
         if self.objective == "lm":
             return ce, {"ce": ce}

@@ -16,7 +16,7 @@ import torch
 
 from specfair.decoding.continuations import left_pad
 from specfair.errors import SpecfairError
-from specfair.training.losses import DistillationLoss, next_token_views
+from specfair.training.losses import DistillationLoss, next_token_views, outside_kept
 from specfair.training.validation import ExpectedAlpha
 
 
@@ -65,6 +65,7 @@ class DraftModule(pl.LightningModule):
         teacher: str = "stored",
         sampling: str = "natural",
         group_dro_step: float = 0.1,
+        kept_ids: list[int] | None = None,
     ):
         super().__init__()
         self.draft = draft.train().requires_grad_(True)
@@ -83,6 +84,11 @@ class DraftModule(pl.LightningModule):
         # online group DRO (Sagawa et al. 2020): q over categories, q_g ∝ q_g·exp(η·L_g) after every step;
         # a buffer, so a resumed run continues with the same weights
         self.register_buffer("group_weights", torch.full((len(categories),), 1.0 / max(1, len(categories))))
+        # draft.vocab_size: the ids its pruned head will score; training and validation see only those
+        self.kept = None
+        if kept_ids is not None:
+            self.kept = torch.zeros(draft.get_output_embeddings().weight.shape[0], dtype=torch.bool)
+            self.kept[torch.tensor(kept_ids, dtype=torch.long)] = True
         self.history: list[dict] = []
         self.needs_target = (
             getattr(self.loss_fn, "objective", "kd") != "lm"
@@ -176,6 +182,8 @@ class DraftModule(pl.LightningModule):
     def objective(self, categories: torch.Tensor, *args, **kwargs):
         """The loss: the batch mean, or under group DRO Σ_g q_g·L_g with L_g the mean loss of category g's
         rows in the batch (a category absent from the batch counts 0) and q moved toward the worst ones."""
+        if self.kept is not None:
+            kwargs["kept"] = self.kept.to(self.device)
         if not self.group_dro:
             return self.loss_fn(*args, **kwargs)
         rows, parts = self.loss_fn(*args, reduction="row", **kwargs)
@@ -232,6 +240,10 @@ class DraftModule(pl.LightningModule):
         _, mask, t, d = next_token_views(
             batch["input_ids"], batch["attention_mask"], target_logits, draft_logits, self.vocab
         )
+        if (
+            self.kept is not None
+        ):  # the pruned draft's q against the target's whole p, as evaluation sees them
+            d = outside_kept(d, self.kept.to(self.device))
         if "taught" in batch:  # the target's continuation only, not the prompt before it
             mask = mask & batch["taught"][:, 1:]
         self.val_metric.update(t, d, mask, batch["category"])

@@ -25,7 +25,7 @@ from specfair.tracking import lightning_logger
 from specfair.training.datamodule import DraftDataModule, TrainTexts
 from specfair.training.losses import DIVERGENCES, OBJECTIVES
 from specfair.training.module import DraftModule
-from specfair.vocab import frequent_ids, save_id_map
+from specfair.vocab import check_size, frequent_ids, save_id_map
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ def train(cfg: DictConfig) -> TrainSummary | None:
         target=pair.target,
         categories=datamodule.categories,
         vocab=pair.vocab_size,
+        kept_ids=kept_ids(cfg, datamodule.texts, pair.tokenizer),
     )
     trainer, checkpoint = make_trainer(cfg)
     fit(trainer, module, datamodule, cfg.get("ckpt_path"))
@@ -195,6 +196,21 @@ def fit(trainer: pl.Trainer, module: DraftModule, datamodule: DraftDataModule, c
     trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
 
 
+def kept_ids(cfg: DictConfig, texts: TrainTexts, tokenizer) -> list[int] | None:
+    """draft.vocab_size=N: the N ids the exported draft's pruned head will score (the first N of the id map
+    `export` writes), so the loss is renormalised over them; None for a whole head."""
+    size = cfg.draft.get("vocab_size")
+    if not size:
+        return None
+    check_size(int(size), len(tokenizer))
+    ids = frequent_ids(texts.train_ids, int(size), always=sorted(eos_set(tokenizer.eos_token_id)))
+    if len(ids) < int(size):
+        raise SpecfairError(
+            f"draft.vocab_size={size}: the training texts use only {len(ids)} distinct ids; ask for fewer"
+        )
+    return ids
+
+
 def summarize(
     cfg: DictConfig, module: DraftModule, texts: TrainTexts, best_checkpoint: str, steps: int
 ) -> TrainSummary:
@@ -215,6 +231,7 @@ def summarize(
             "imbalance": None if general else OmegaConf.to_container(cfg.dataset.imbalance, resolve=True),
             "train_per_category": None if general else cfg.dataset.get("train_per_category"),
             "validation_texts": len(texts.val_ids),
+            "draft_vocab_size": cfg.draft.get("vocab_size"),  # the loss was renormalised over that many ids
         },
         val_before=module.history[0],
         val_after=module.history[-1],
