@@ -51,7 +51,7 @@ from specfair.models import (
     truncated_draft,
 )
 from specfair.records import ratio as ratio_of
-from specfair.vocab import frequent_ids, pad_ids, prune_head, quantize_int8
+from specfair.vocab import frequent_ids, load_id_map, pad_ids, prune_head, quantize_int8
 
 SAMPLES = ROOT / "data" / "samples"
 PROMPT_TOKENS = 32
@@ -227,9 +227,17 @@ def train_token_lists(tokenizer, dataset: str) -> list[list[int]]:
 
 
 def cheaper_drafts(draft, tokenizer, args) -> dict[str, tuple[PreTrainedModel, float | None]]:
-    """engine variants of --matrix: name -> (draft, confidence threshold)."""
-    ids = frequent_ids(train_token_lists(tokenizer, args.dataset), args.draft_vocab, [tokenizer.eos_token_id])
-    pruned = prune_head(copy.deepcopy(draft), pad_ids(ids, args.draft_vocab, len(tokenizer)))
+    """engine variants of --matrix: name -> (draft, confidence threshold). The pruned head keeps the first ids
+    of the id map beside --draft-path (the ids it trained on, as evaluation does), else the dataset's most
+    frequent training ids."""
+    found = load_id_map(args.draft_path, args.draft_vocab, len(tokenizer)) if args.draft_path else None
+    if found is None:
+        ids = frequent_ids(
+            train_token_lists(tokenizer, args.dataset), args.draft_vocab, [tokenizer.eos_token_id]
+        )
+        found = pad_ids(ids, args.draft_vocab, len(tokenizer)), f"bundled {args.dataset} training texts"
+    print(f"pruned head: {args.draft_vocab} ids from {found[1]}")
+    pruned = prune_head(copy.deepcopy(draft), found[0])
     drafts = {"": draft, f"v{args.draft_vocab}": pruned}
     drafts.update(
         {f"{k},int8" if k else "int8": quantize_int8(copy.deepcopy(d)) for k, d in list(drafts.items())}
