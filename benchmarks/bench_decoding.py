@@ -377,23 +377,33 @@ def benchmark(methods: dict[str, Generate], prompts, repeats: int, device: str) 
     return runs
 
 
-def check_identical(runs: dict[str, list[Run]], prompts: list[torch.Tensor]) -> str | None:
-    """Every method, every repeat, every prompt: the same tokens as the target's first run; else what differs."""
+def check_identical(runs: dict[str, list[Run]], prompts: list[torch.Tensor]) -> list[str]:
+    """Every method, every repeat, every prompt against the target's first run: per method that differs, its
+    first difference (so one method's mismatch does not hide whether the others matched)."""
     reference = runs["target"][0].outputs
+    failures = []
     for name, method_runs in runs.items():
-        for r, run in enumerate(method_runs):
-            for i, (got, want) in enumerate(zip(run.outputs, reference, strict=True)):
-                if got != want:
-                    at = next(
-                        (k for k, (a, b) in enumerate(zip(got, want, strict=False)) if a != b),
-                        min(len(got), len(want)),
-                    )
-                    return (
-                        f"FAIL: {name} (repeat {r + 1}) differs from target greedy on prompt {i} "
-                        f"(prompt ids {prompts[i][0, :8].tolist()}...) at new token {at}: "
-                        f"{got[at : at + 5]} vs {want[at : at + 5]} ({len(got)} vs {len(want)} tokens)"
-                    )
-    return None
+        failure = next(
+            (
+                (r, i, got, want)
+                for r, run in enumerate(method_runs)
+                for i, (got, want) in enumerate(zip(run.outputs, reference, strict=True))
+                if got != want
+            ),
+            None,
+        )
+        if failure:
+            r, i, got, want = failure
+            at = next(
+                (k for k, (a, b) in enumerate(zip(got, want, strict=False)) if a != b),
+                min(len(got), len(want)),
+            )
+            failures.append(
+                f"FAIL: {name} (repeat {r + 1}) differs from target greedy on prompt {i} "
+                f"(prompt ids {prompts[i][0, :8].tolist()}...) at new token {at}: "
+                f"{got[at : at + 5]} vs {want[at : at + 5]} ({len(got)} vs {len(want)} tokens)"
+            )
+    return failures
 
 
 # --- metrics ----------------------------------------------------------------------------------------
@@ -698,11 +708,17 @@ def main(argv: list[str] | None = None) -> None:
     print_report(summary, args.repeats)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        record = {"config": config, "hf_rounds_warmup": rounds, "identical": mismatch is None, **summary}
+        record = {
+            "config": config,
+            "hf_rounds_warmup": rounds,
+            "identical": not mismatch,
+            "mismatches": mismatch,
+            **summary,
+        }
         args.json.write_text(json.dumps(record, indent=2))
         console.print(f"wrote {args.json}")
     if mismatch:
-        sys.exit(mismatch)
+        sys.exit("\n".join(mismatch))
 
 
 if __name__ == "__main__":
