@@ -83,6 +83,8 @@ CASES = [
         ["mode=replay", "spec.confidence_threshold=0.5"],
         "spec.confidence_threshold: replay does not model early-ended blocks",
     ),
+    ("evaluate", ["mode=replay", "spec.gamma=auto"], "spec.gamma=auto: replay has no wall-clock costs"),
+    ("evaluate", ["spec.gamma=fast"], "spec.gamma='fast': expected an integer >= 1 or one of auto"),
     # hardware and folders
     ("evaluate", ["trainer=gpu"], "trainer.accelerator=gpu: no CUDA GPU on this machine"),
     ("evaluate", ["trainer.devices=0"], "trainer.devices=0: expected an integer >= 1"),

@@ -249,3 +249,20 @@ def test_reduced_precision_decode_skips_the_lossless_check(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["dtype"] == "bfloat16" and summary["lossless_mismatches"] is None
     assert "the lossless check needs float32" in result.stdout + result.stderr
+
+
+def test_auto_gamma_decodes_losslessly_and_records_its_costs(tmp_path):
+    """spec.gamma=auto on the embedded pair: costs timed once, γ chosen per block up to gamma_max, the
+    target's greedy output unchanged."""
+    out = tmp_path / "run"
+    result = run_evaluate(
+        "spec.gamma=auto", "spec.gamma_max=3", "dataset.per_category=1", "spec.max_new_tokens=12",
+        "logger=none", f"hydra.run.dir={out}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(Path(out, "summary.json").read_text())
+    assert summary["lossless_mismatches"] == 0 and summary["spec"]["gamma_auto"] is True
+    auto = summary["gamma_auto"]
+    assert auto["c"] > 0 and len(auto["verify"]) == 4 and 0 < auto["alpha_seen"] < 1
+    records = [json.loads(line) for line in Path(out, "samples.jsonl").read_text().splitlines()]
+    assert max(g for r in records for g in r["proposed_lengths"]) <= 3

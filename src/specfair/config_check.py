@@ -70,7 +70,8 @@ Schema = dict[str, "Check | Schema"]
 OPEN = "..."  # a schema holding this key accepts other keys too (a `_target_` whose arguments may change)
 
 SPEC: Schema = {
-    "gamma": integer(1),
+    "gamma": either(integer(1), one_of("auto")),
+    "gamma_max": integer(1),
     "max_new_tokens": integer(1),
     "temperature": number(0),
     "top_k": optional(integer(1)),

@@ -246,6 +246,7 @@ def speculative_generate(
     vocab: int | None = None,
     compiled: bool = False,
     confidence_threshold: float | None = None,
+    gamma_policy=None,
 ) -> tuple[torch.Tensor, DecodeStats]:
     """New tokens `[1, n]` and counters; at temperature 0 identical to the target's greedy output.
 
@@ -254,6 +255,7 @@ def speculative_generate(
     tokenizer); pass the same to `autoregressive_generate` so the baseline draws from the same ids.
     `compiled`: static caches, CUDA graphs on a GPU (`spec.compile`); the same tokens either way.
     `confidence_threshold`: end a block early after a proposal the draft was unsure of (realised γ_b counted).
+    `gamma_policy(stats)`: the block length before each block, at most `gamma` (spec.gamma=auto, `adaptive.py`).
     """
     check_generation_args(
         gamma=gamma, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -280,7 +282,8 @@ def speculative_generate(
         t1 = now(device)
         stats.prefill_s = t1 - t0
         while not done:
-            budget = min(gamma, max_new_tokens - (len(tokens) - start) - 1)
+            wanted = gamma if gamma_policy is None else max(1, min(gamma, gamma_policy(stats)))
+            budget = min(wanted, max_new_tokens - (len(tokens) - start) - 1)
             proposals, dists = draft_block(
                 draft, d_cache, tokens, budget, vocab, *sampling[:3], eos, generator, confidence_threshold
             )

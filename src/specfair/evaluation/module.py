@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from specfair.data.rows import Prompt
+from specfair.decoding.adaptive import GammaPolicy, measure_costs
 from specfair.decoding.continuations import ContinuationCache, continuations, prompt_generator
 from specfair.decoding.engine import DecodeStats, autoregressive_generate, eos_set, now, speculative_generate
 from specfair.decoding.replay import REPLAYED_COUNTERS, expected_acceptance, replay_greedy
@@ -134,6 +135,7 @@ class DecodeModule(EvalModule):
     def __init__(self, *args, baseline: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.baseline = baseline
+        self.gamma_policy: GammaPolicy | None = None  # spec.gamma=auto: built from costs timed after warm-up
 
     def _generate(self, ids: torch.Tensor, index: int, speculative: bool, max_new_tokens: int):
         sampling = {k: self.spec.get(k) for k in ("temperature", "top_k", "top_p")}
@@ -144,8 +146,11 @@ class DecodeModule(EvalModule):
         if speculative:
             out, stats = speculative_generate(
                 self.target, self.draft, ids, gamma=self.spec["gamma"],
-                confidence_threshold=self.spec.get("confidence_threshold"), **kwargs,
+                confidence_threshold=self.spec.get("confidence_threshold"), gamma_policy=self.gamma_policy,
+                **kwargs,
             )  # fmt: skip
+            if self.gamma_policy is not None:
+                self.gamma_policy.update(stats)
         else:
             stats = DecodeStats()  # the baseline's prefill time and token count only
             out = autoregressive_generate(self.target, ids, stats=stats, **kwargs)
@@ -160,6 +165,12 @@ class DecodeModule(EvalModule):
         warm_tokens = min(2 * self.spec["gamma"] + 2, self.spec["max_new_tokens"])  # full-γ verify shapes too
         for speculative in (False, True):  # one-time allocations are not billed to the first prompt
             self._generate(warm, 0, speculative, warm_tokens)
+        if self.spec.get("gamma_auto"):
+            self.gamma_policy = measure_costs(
+                self.target, self.draft, self.prompts[0].input_ids, self.spec["gamma"]
+            )
+            log.info("spec.gamma=auto: c = %.3f, v(k) = %s for k = 1..%d", self.gamma_policy.c,
+                     " ".join(f"{v:.2f}" for v in self.gamma_policy.verify), self.spec["gamma"] + 1)  # fmt: skip
 
     def predict_step(self, batch: list[int], batch_idx: int):
         (index,) = batch
@@ -190,7 +201,10 @@ class DecodeModule(EvalModule):
 
     def summary_fields(self, records):
         checked = self.lossless_checked()
-        return {"lossless_mismatches": sum(not r.matches_baseline for r in records) if checked else None}
+        fields = {"lossless_mismatches": sum(not r.matches_baseline for r in records) if checked else None}
+        if self.gamma_policy is not None:  # this rank's timed costs and the alpha its choices ended on
+            fields["gamma_auto"] = self.gamma_policy.as_dict()
+        return fields
 
 
 class ReplayModule(EvalModule):

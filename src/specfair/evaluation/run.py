@@ -68,7 +68,16 @@ def draft_training(draft_cfg: DictConfig) -> dict | None:
     }
 
 
-DECODE_ONLY = ("compile", "confidence_threshold")  # spec keys replay does not use: not in its settings
+DECODE_ONLY = ("compile", "confidence_threshold", "gamma_auto")  # spec keys replay does not use
+
+
+def resolve_gamma(spec: dict) -> dict:
+    """spec.gamma=auto runs with gamma = gamma_max as the cap (metric positions, prompt room) and gamma_auto."""
+    auto = spec.get("gamma") == "auto"
+    gamma_max = spec.pop("gamma_max", None)
+    if auto and (not isinstance(gamma_max, int) or gamma_max < 1):
+        raise SpecfairError(f"spec.gamma=auto needs spec.gamma_max >= 1, got {gamma_max!r}")
+    return {**spec, "gamma": gamma_max, "gamma_auto": True} if auto else spec  # fixed γ: settings as before
 
 
 def check_mode(cfg: DictConfig, spec: dict) -> str:
@@ -76,6 +85,10 @@ def check_mode(cfg: DictConfig, spec: dict) -> str:
     mode = str(cfg.get("mode", "decode"))
     if mode not in MODES:
         raise SpecfairError(f"mode={mode}: expected one of {', '.join(MODES)}")
+    if mode == "replay" and spec.get("gamma_auto"):
+        raise SpecfairError(
+            "spec.gamma=auto: replay has no wall-clock costs to choose γ from; use mode=decode"
+        )
     if mode == "replay" and spec.get("confidence_threshold") is not None:
         raise SpecfairError(
             "spec.confidence_threshold: replay does not model early-ended blocks; use mode=decode for it"
@@ -217,8 +230,10 @@ def build_module(cfg, mode, pair, prompts, splits, spec, trainer, options: dict 
 
 def evaluate(cfg: DictConfig) -> dict | None:
     """Load data and pair, run the predict loop, return the summary (on rank 0; None elsewhere)."""
-    spec = OmegaConf.to_container(cfg.spec, resolve=True)
-    check_generation_args(**{k: v for k, v in spec.items() if k not in ("batch_size", "compile")})
+    spec = resolve_gamma(OmegaConf.to_container(cfg.spec, resolve=True))
+    check_generation_args(
+        **{k: v for k, v in spec.items() if k not in ("batch_size", "compile", "gamma_auto")}
+    )
     mode = check_mode(cfg, spec)
     out_dir = Path(cfg.paths.output_dir)
     pair = load_pair(cfg.pair, cfg.draft, device_hint(cfg.trainer))

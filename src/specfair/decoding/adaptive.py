@@ -1,0 +1,80 @@
+"""`spec.gamma=auto`: the block length chosen before every block from the acceptance seen so far and costs
+measured on this machine.
+
+Leviathan et al.'s expected tokens per unit of target time for block length γ is τ(α, γ) / (γc + v(γ+1)), with
+τ = (1 - α^(γ+1)) / (1 - α), c the draft step and v(k) a k-token target pass, both in 1-token target steps. On a
+GPU v(k) ≈ 1 for small k; on a CPU it grows with k (a 4-token pass costs ~1.5), which is why the best γ is
+smaller there. c and v are timed once per run (`measure_costs`); α is the acceptance seen so far over every
+prompt of the run, started from a weak prior, so the first blocks of the first prompt use γ for α = 1/2.
+The choice never affects which tokens come out (the engine is lossless at every γ), only how fast.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import torch
+
+
+def best_gamma(alpha: float, c: float, verify: list[float]) -> int:
+    """The γ in 1..len(verify)-1 with the most expected tokens per unit time; verify[k-1] is v(k)."""
+
+    def rate(gamma: int) -> float:
+        tau = gamma + 1.0 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+        return tau / (gamma * c + verify[gamma])
+
+    return max(range(1, len(verify)), key=rate)
+
+
+@dataclass
+class GammaPolicy:
+    """Called with a generation's running `DecodeStats` before each block; `update` after each generation."""
+
+    c: float
+    verify: list[float]  # v(k) for k = 1 .. gamma_max + 1 tokens fed
+    prior_alpha: float = 0.5
+    prior_weight: float = 4.0
+    accepted: int = 0  # over the finished generations of this run
+    rejections: int = 0
+
+    def alpha(self, stats=None) -> float:
+        a = self.accepted + (stats.accepted if stats else 0)
+        r = self.rejections + (stats.rejections if stats else 0)
+        return (a + self.prior_alpha * self.prior_weight) / (a + r + self.prior_weight)
+
+    def __call__(self, stats) -> int:
+        return best_gamma(self.alpha(stats), self.c, self.verify)
+
+    def update(self, stats) -> None:
+        self.accepted += stats.accepted
+        self.rejections += stats.rejections
+
+    def as_dict(self) -> dict:
+        return {"c": self.c, "verify": self.verify, "alpha_seen": self.alpha()}
+
+
+def measure_costs(target, draft, context: list[int], gamma_max: int, repeats: int = 5) -> GammaPolicy:
+    """Time a k-token target pass (k = 1 .. gamma_max + 1) and a 1-token draft step after `context`; medians
+    of `repeats`, in 1-token target steps."""
+    from specfair.decoding.engine import forward, new_caches, now, rollback
+
+    device = target.device
+    caches = new_caches((target, draft), len(context) + gamma_max + 2, False)
+
+    def timed(model, cache, k: int) -> float:  # k tokens fed, k logits kept: a verify pass of γ = k - 1
+        times = []
+        for _ in range(repeats + 1):  # the first is a warm-up
+            start = now(device)
+            forward(model, cache, context + context[-1:] * k, keep=k)
+            times.append(now(device) - start)
+            rollback(cache, len(context))
+        return statistics.median(times[1:])
+
+    with torch.inference_mode():
+        for model, cache in zip((target, draft), caches, strict=True):
+            forward(model, cache, context)
+        target_s = [timed(target, caches[0], k) for k in range(1, gamma_max + 2)]
+        draft_s = timed(draft, caches[1], 1)
+    one = max(target_s[0], 1e-9)
+    return GammaPolicy(c=draft_s / one, verify=[t / one for t in target_s])
