@@ -39,6 +39,7 @@ from rich.table import Table
 from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from specfair import ROOT
+from specfair.decoding.adaptive import measure_costs
 from specfair.decoding.engine import DecodeStats, autoregressive_generate, now, speculative_generate
 from specfair.errors import SpecfairError
 from specfair.evaluation.acceptance import predicted_block_efficiency, predicted_speedup
@@ -149,6 +150,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.5,
         help="--matrix: spec.confidence_threshold of the adaptive variants",
+    )
+    parser.add_argument(
+        "--auto-gamma",
+        action="store_true",
+        help="also time spec.gamma=auto (gamma chosen per block from alpha and timed costs, up to --gamma-max)",
+    )
+    parser.add_argument(
+        "--gamma-max", type=int, default=8, help="--auto-gamma: the largest gamma it may pick"
     )
     parser.add_argument("--json", type=Path, help="write the results to this file")
     args = parser.parse_args(argv)
@@ -303,14 +312,18 @@ def make_methods(
     return methods
 
 
-def engine_method(target, draft, gamma, max_new_tokens, eos, threshold=None, compiled=False) -> Generate:
-    """This project's engine as a bench method (a draft variant, a confidence stop, static caches)."""
+def engine_method(
+    target, draft, gamma, max_new_tokens, eos, threshold=None, compiled=False, policy=None
+) -> Generate:
+    """This project's engine as a bench method (a draft variant, a confidence stop, static caches, γ=auto)."""
 
     def generate(ids):
         out, stats = speculative_generate(
             target, draft, ids, gamma=gamma, max_new_tokens=max_new_tokens, eos_token_id=eos,
-            confidence_threshold=threshold, compiled=compiled,
+            confidence_threshold=threshold, compiled=compiled, gamma_policy=policy,
         )  # fmt: skip
+        if policy is not None:
+            policy.update(stats)  # as in evaluation: alpha pooled over the prompts decoded so far
         return out[0].tolist(), stats
 
     return generate
@@ -651,11 +664,20 @@ def main(argv: list[str] | None = None) -> None:
     methods = make_methods(
         target, draft, gamma=args.gamma, max_new_tokens=args.max_new_tokens, eos=eos, compiled=args.compile
     )
+    variants = {}
     if args.matrix:
         if tokenizer is None:
             sys.exit("error: --matrix needs the tokenizer (its pruned head counts ids in the training texts)")
-        for name, (variant, threshold) in cheaper_drafts(draft, tokenizer, args).items():
+        variants = cheaper_drafts(draft, tokenizer, args)
+        for name, (variant, threshold) in variants.items():
             methods[name] = engine_method(target, variant, args.gamma, args.max_new_tokens, eos, threshold)
+    if args.auto_gamma:  # spec.gamma=auto beside each fixed-γ engine without a confidence stop
+        fixed = {"": draft} | {n[len("engine(") : -1]: v for n, (v, t) in variants.items() if t is None}
+        for key, variant in fixed.items():
+            policy = measure_costs(target, variant, prompts[0][0].tolist(), args.gamma_max)
+            methods[f"engine(auto,{key})" if key else "engine(auto)"] = engine_method(
+                target, variant, args.gamma_max, args.max_new_tokens, eos, policy=policy
+            )
 
     config = {
         "target": "random weights, embedded config" if args.random_weights else EMBEDDED,
