@@ -208,9 +208,12 @@ def test_the_real_command_line_gives_one_line_and_debug_keeps_the_trace(tmp_path
     ]
     plain = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd="/")
     assert (
-        plain.returncode == 2 and plain.stderr.strip() == "error: spec.gamma='abc': expected an integer >= 1"
+        plain.returncode == 2
+        and plain.stderr.strip() == "error: spec.gamma='abc': expected an integer >= 1 or one of auto"
     )
-    assert (tmp_path / "error.txt").read_text().strip() == "spec.gamma='abc': expected an integer >= 1"
+    assert (
+        tmp_path / "error.txt"
+    ).read_text().strip() == "spec.gamma='abc': expected an integer >= 1 or one of auto"
     debug = subprocess.run([*cmd, "--debug"], capture_output=True, text=True, timeout=300, cwd="/")
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "SpecfairError" in debug.stderr
 
