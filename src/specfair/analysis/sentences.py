@@ -164,12 +164,19 @@ def _fair_sampler(c: Mapping, natural: Mapping) -> str:
     )
     return (
         f"{c['sampling']} against natural sampling at rho={c['ratio']:g} (mean per run over rotations and seeds): "
-        f"worst-category gain {interval(f['worst'], sign=True)} vs {interval(n['worst'], sign=True)}, "
-        f"mean gain {interval(f['mean'], sign=True)} vs {interval(n['mean'], sign=True)}, "
-        f"gap (best − worst) {interval(f['gap'])} vs {interval(n['gap'])}. Its worst category minus natural's "
-        f"mean gain: {interval(bar, sign=True)} (bar ≥ 0); its mean gain against natural's: "
-        f"{_pct(mean['value'])} [{_pct(mean['low'])}, {_pct(mean['high'])}] (bar ≥ −10%): {outcome}."
+        f"worst-category gain {_ci(f['worst'], sign=True)} vs {_ci(n['worst'], sign=True)}, "
+        f"mean gain {_ci(f['mean'], sign=True)} vs {_ci(n['mean'], sign=True)}, "
+        f"gap (best − worst) {_ci(f['gap'])} vs {_ci(n['gap'])}. Its worst category minus natural's "
+        f"mean gain: {_ci(bar, sign=True)} (bar ≥ 0); its mean gain against natural's: "
+        f"{_pct(mean['value'])}"
+        + (f" [{_pct(mean['low'])}, {_pct(mean['high'])}]" if mean["low"] is not None else "")
+        + f" (bar ≥ −10%): {outcome}."
     )
+
+
+def _ci(cell: Mapping, sign: bool = False) -> str:
+    """`value [low, high]`, or the value alone where there is no interval (named once, after the sentence)."""
+    return interval(cell, sign=sign) if cell.get("low") is not None else num(cell.get("value"), sign=sign)
 
 
 def _pct(x: float | None) -> str:
