@@ -162,6 +162,8 @@ def _fair_sampler(c: Mapping, natural: Mapping) -> str:
     outcome = (
         "met" if all(met) else "missed" if any(missed) else "not shown either way (the CIs span the bars)"
     )
+    if bar["low"] is None:
+        outcome = f"cannot tell (no interval: {bar.get('why')})"
     return (
         f"{c['sampling']} against natural sampling at rho={c['ratio']:g} (mean per run over rotations and seeds): "
         f"worst-category gain {_ci(f['worst'], sign=True)} vs {_ci(n['worst'], sign=True)}, "
