@@ -182,9 +182,8 @@ def evaluation_steps(cfg: DictConfig, exp_dir: Path, common: list[str], training
     on = on if isinstance(on, str) else plain(on, [])
     own = [t.info["dataset"] for t in trainings if t.info["dataset"] != "generalist"]
     datasets = list(dict.fromkeys(own)) if on == "trained" else on
-    base = plain(
-        ev.get("base"), True
-    )  # true: the truncated base; a list: these drafts' own configs (untrained)
+    # true: the truncated base; a list: these drafts' own configs (untrained), e.g. [generalist, base]
+    base = plain(ev.get("base"), True)
     baselines = ["base"] if base is True else [] if base is False else list(base)
     evaluations = []
     for dataset in datasets:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from specfair.decoding.engine import forward, new_caches, now, rollback
+
 
 def best_gamma(alpha: float, c: float, verify: list[float]) -> int:
     """The γ in 1..len(verify)-1 with the most expected tokens per unit time; verify[k-1] is v(k)."""
@@ -57,8 +59,6 @@ class GammaPolicy:
 def measure_costs(target, draft, context: list[int], gamma_max: int, repeats: int = 5) -> GammaPolicy:
     """Time a k-token target pass (k = 1 .. gamma_max + 1) and a 1-token draft step after `context`; medians
     of `repeats`, in 1-token target steps."""
-    from specfair.decoding.engine import forward, new_caches, now, rollback
-
     device = target.device
     caches = new_caches((target, draft), len(context) + gamma_max + 2, False)
 

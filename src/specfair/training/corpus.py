@@ -213,30 +213,20 @@ def continuation_corpus(
                 "max_new_tokens": int(max_new_tokens), "teacher_k": int(teacher_k),
                 "prompts": hashlib.sha1(json.dumps(prompts).encode()).hexdigest()[:20]}  # fmt: skip
 
-    def make(chunk: list[int]) -> list[TeacherText]:
-        made = generate_batch(target, [prompts[j] for j in chunk], max_new_tokens=int(max_new_tokens),
-                              vocab=vocab, eos=eos, teacher_k=int(teacher_k))  # fmt: skip
-        return [
-            TeacherText.build(prompts[j], [c], categories[j], int(teacher_k))
-            for j, c in zip(chunk, made, strict=True)
-        ]
-
-    return in_cached_batches(
-        prompts, batch_size, PartStore(cache_dir, settings) if cache_dir else None, make, desc
-    )
-
-
-def in_cached_batches(rows: list[list[int]], batch_size: int, store, make, desc: str) -> list[TeacherText]:
-    """`make(indices)` per batch of similar-length rows, each batch one part of `store` (read when it is there,
-    so a build cut short resumes part by part); the texts in the rows' order."""
-    order = sorted(range(len(rows)), key=lambda j: len(rows[j]))
-    out: list[TeacherText | None] = [None] * len(rows)
+    store = PartStore(cache_dir, settings) if cache_dir else None
+    order = sorted(range(len(prompts)), key=lambda j: len(prompts[j]))
+    out: list[TeacherText | None] = [None] * len(prompts)
     starts = range(0, len(order), batch_size)
     for first in tqdm(starts, desc=desc, disable=None if len(starts) > 1 else True):
         chunk = order[first : first + batch_size]
-        part = store.get(f"{first:06d}") if store else None
+        part = store.get(f"{first:06d}") if store else None  # a build cut short resumes part by part
         if part is None:
-            part = make(chunk)
+            made = generate_batch(target, [prompts[j] for j in chunk], max_new_tokens=int(max_new_tokens),
+                                  vocab=vocab, eos=eos, teacher_k=int(teacher_k))  # fmt: skip
+            part = [
+                TeacherText.build(prompts[j], [c], categories[j], int(teacher_k))
+                for j, c in zip(chunk, made, strict=True)
+            ]
             if store:
                 store.put(f"{first:06d}", part)
         for j, text in zip(chunk, part, strict=True):

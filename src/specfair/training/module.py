@@ -85,10 +85,11 @@ class DraftModule(pl.LightningModule):
         # a buffer, so a resumed run continues with the same weights
         self.register_buffer("group_weights", torch.full((len(categories),), 1.0 / max(1, len(categories))))
         # draft.vocab_size: the ids its pruned head will score; training and validation see only those
-        self.kept = None
+        kept = None
         if kept_ids is not None:
-            self.kept = torch.zeros(draft.get_output_embeddings().weight.shape[0], dtype=torch.bool)
-            self.kept[torch.tensor(kept_ids, dtype=torch.long)] = True
+            kept = torch.zeros(draft.get_output_embeddings().weight.shape[0], dtype=torch.bool)
+            kept[torch.tensor(kept_ids, dtype=torch.long)] = True
+        self.register_buffer("kept", kept, persistent=False)  # moves with the module; derived, not saved
         self.history: list[dict] = []
         self.needs_target = (
             getattr(self.loss_fn, "objective", "kd") != "lm"
@@ -183,7 +184,7 @@ class DraftModule(pl.LightningModule):
         """The loss: the batch mean, or under group DRO Σ_g q_g·L_g with L_g the mean loss of category g's
         rows in the batch (a category absent from the batch counts 0) and q moved toward the worst ones."""
         if self.kept is not None:
-            kwargs["kept"] = self.kept.to(self.device)
+            kwargs["kept"] = self.kept
         if not self.group_dro:
             return self.loss_fn(*args, **kwargs)
         rows, parts = self.loss_fn(*args, reduction="row", **kwargs)
@@ -243,7 +244,7 @@ class DraftModule(pl.LightningModule):
         if (
             self.kept is not None
         ):  # the pruned draft's q against the target's whole p, as evaluation sees them
-            d = outside_kept(d, self.kept.to(self.device))
+            d = outside_kept(d, self.kept)
         if "taught" in batch:  # the target's continuation only, not the prompt before it
             mask = mask & batch["taught"][:, 1:]
         self.val_metric.update(t, d, mask, batch["category"])

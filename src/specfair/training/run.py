@@ -196,6 +196,11 @@ def fit(trainer: pl.Trainer, module: DraftModule, datamodule: DraftDataModule, c
     trainer.save_checkpoint(Path(trainer.checkpoint_callback.dirpath) / "last.ckpt")
 
 
+def trained_ids(texts: TrainTexts, tokenizer) -> list[int]:
+    """Every id the training texts use, most frequent first, EOS first of all: the exported id map."""
+    return frequent_ids(texts.train_ids, len(tokenizer), always=sorted(eos_set(tokenizer.eos_token_id)))
+
+
 def kept_ids(cfg: DictConfig, texts: TrainTexts, tokenizer) -> list[int] | None:
     """draft.vocab_size=N: the N ids the exported draft's pruned head will score (the first N of the id map
     `export` writes), so the loss is renormalised over them; None for a whole head."""
@@ -203,7 +208,7 @@ def kept_ids(cfg: DictConfig, texts: TrainTexts, tokenizer) -> list[int] | None:
     if not size:
         return None
     check_size(int(size), len(tokenizer))
-    ids = frequent_ids(texts.train_ids, int(size), always=sorted(eos_set(tokenizer.eos_token_id)))
+    ids = trained_ids(texts, tokenizer)[: int(size)]
     if len(ids) < int(size):
         raise SpecfairError(
             f"draft.vocab_size={size}: the training texts use only {len(ids)} distinct ids; ask for fewer"
@@ -258,9 +263,11 @@ def export(
     if (
         texts is not None
     ):  # every id the draft trained on, most frequent first: draft.vocab_size=N cuts from it
-        eos = sorted(eos_set(tokenizer.eos_token_id))
-        ids = frequent_ids(texts.train_ids, len(tokenizer), always=eos)
-        save_id_map(tmp / "draft", ids, f"{summary['dataset']} training texts ({len(texts.train_ids)})")
+        save_id_map(
+            tmp / "draft",
+            trained_ids(texts, tokenizer),
+            f"{summary['dataset']} training texts ({len(texts.train_ids)})",
+        )
     save_json(summary, tmp / "train_summary.json")
     old = final.with_name(final.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
