@@ -79,8 +79,13 @@ def test_public_pair_path_loads_local_folders_and_checks_tokenizers(real_pair, t
     small.save_pretrained(folder)
     real_pair.tokenizer.save_pretrained(folder)
     pair_cfg = OmegaConf.create({"name": "x", "target": EMBEDDED, "draft": str(folder), "dtype": "float32"})
-    pair = load_pair(pair_cfg, OmegaConf.create({"name": "base", "num_layers": 4, "path": None}))
+    pair = load_pair(pair_cfg, OmegaConf.create({"name": "base", "num_layers": None, "path": None}))
     assert pair.draft.config.num_hidden_layers == 2
+    cut = load_pair(pair_cfg, OmegaConf.create({"name": "base", "num_layers": 1, "path": None})).draft
+    assert cut.config.num_hidden_layers == 1  # draft.num_layers cuts a loaded draft: its first layer, same weights
+    assert torch.equal(cut.model.layers[0].mlp.up_proj.weight, pair.draft.model.layers[0].mlp.up_proj.weight)
+    with pytest.raises(SpecfairError, match=r"draft.num_layers=3 must be between 1 and pair.draft=.*draft2's 2 layers"):
+        load_pair(pair_cfg, OmegaConf.create({"name": "base", "num_layers": 3, "path": None}))
     with pytest.raises(SpecfairError, match=r"pair.target=.*nope: no such folder"):
         load_pair(
             OmegaConf.create({"name": "x", "target": str(tmp_path / "nope"), "dtype": "float32"}),

@@ -82,7 +82,7 @@ SPEC: Schema = {
 }
 DRAFT: Schema = {
     "name": TEXT,
-    "num_layers": integer(1),
+    "num_layers": optional(integer(1)),
     "path": optional(TEXT),
     "trained_on": TEXT,
     "train_name": TEXT,

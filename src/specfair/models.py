@@ -130,13 +130,15 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
         raise SpecfairError(f"cannot load tokenizer {name!r}: {_first_line(err)}") from None
 
 
-def truncated_draft(target: PreTrainedModel, num_layers: int) -> PreTrainedModel:
-    """The target's first `num_layers` decoder layers with copies of its embeddings, norm and head."""
+TRUNCATED_LAYERS = 4  # a draft cut from the target when draft.num_layers is null
+
+
+def truncated_draft(target: PreTrainedModel, num_layers: int, source: str = "the target") -> PreTrainedModel:
+    """The first `num_layers` decoder layers of `target` (the target, or a loaded draft cut shorter: a cheaper
+    draft step, issue 14) with copies of its embeddings, norm and head."""
     total = target.config.num_hidden_layers
     if not 1 <= num_layers <= total:
-        raise SpecfairError(
-            f"draft.num_layers={num_layers} must be between 1 and the target's {total} layers"
-        )
+        raise SpecfairError(f"draft.num_layers={num_layers} must be between 1 and {source}'s {total} layers")
     config = copy.deepcopy(target.config)
     config.num_hidden_layers = num_layers
     if getattr(config, "layer_types", None) is not None:
@@ -210,7 +212,8 @@ def check_finetuned(path: Path, pair_cfg, draft_cfg) -> None:
 
 
 def load_pair(pair_cfg, draft_cfg, device: str | torch.device = "cpu") -> Pair:
-    """Target from `pair.target`; draft from `draft.path`, else `pair.draft`, else a truncation."""
+    """Target from `pair.target`; draft from `draft.path`, else `pair.draft` (either cut to its first
+    `draft.num_layers` layers when that is set), else the target's first `draft.num_layers` (default 4) layers."""
     dtype = resolve_dtype(pair_cfg.get("dtype", "auto"), device)
     target = load_model(pair_cfg.target, dtype)
     tokenizer = load_tokenizer(pair_cfg.get("tokenizer") or pair_cfg.target)
@@ -218,10 +221,14 @@ def load_pair(pair_cfg, draft_cfg, device: str | torch.device = "cpu") -> Pair:
     if draft_cfg.get("path"):
         check_finetuned(Path(draft_cfg.path), pair_cfg, draft_cfg)
     if draft_source:
-        draft = load_model(draft_source, dtype, "draft.path" if draft_cfg.get("path") else "pair.draft")
+        option = "draft.path" if draft_cfg.get("path") else "pair.draft"
+        draft = load_model(draft_source, dtype, option)
         check_tokenizers(tokenizer, load_tokenizer(draft_source))
+        layers = draft_cfg.get("num_layers")  # null: as saved; N: its first N layers
+        if layers is not None and layers != draft.config.num_hidden_layers:
+            draft = truncated_draft(draft, int(layers), f"{option}={draft_source}")
     else:
-        draft = truncated_draft(target, int(draft_cfg.num_layers))
+        draft = truncated_draft(target, int(draft_cfg.get("num_layers") or TRUNCATED_LAYERS))
     limit = len(tokenizer)
     for role, model in (("target", target), ("draft", draft)):
         rows = head_rows(model)
