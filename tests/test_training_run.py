@@ -133,6 +133,13 @@ def test_train_py_exports_a_draft_that_evaluate_and_transformers_load(tmp_path):
 
     evaluated = load_summary(out)
     assert evaluated.draft["name"] == "finetuned" and evaluated.lossless_mismatches == 0
+    result = run(  # the exported draft cut to its first 2 layers (issue 14: a cheaper draft step)
+        "evaluate.py", *common, "draft=finetuned", "draft.num_layers=2", "spec.max_new_tokens=6",
+        "logger=none", f"hydra.run.dir={tmp_path / 'cut'}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    cut = load_summary(tmp_path / "cut")
+    assert cut.lossless_mismatches == 0 and cut.overall["alpha"] != evaluated.overall["alpha"]
 
     result = run(
         "evaluate.py",
