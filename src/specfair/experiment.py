@@ -256,7 +256,9 @@ def failure_reason(step: Step, returncode: int) -> str:
     return f"exit status {returncode}; see {step.out_dir}"
 
 
-def run_steps(steps: list[Step]) -> None:
+def run_steps(steps: list[Step], keep_checkpoints: bool = False) -> None:
+    """Each step in turn; a finished training's Lightning checkpoints (weights and optimizer state, ~0.5 GB a run)
+    are dropped unless `keep_checkpoints`: the experiment uses only the exported draft, and 90 runs would fill a disk."""
     failed_trainings = set()
     for i, step in enumerate(steps, 1):
         head = f"[{i}/{len(steps)}] {step.kind} {step.label}"
@@ -276,6 +278,9 @@ def run_steps(steps: list[Step]) -> None:
         if result.returncode == 0 and (step.kind == "train" or (step.out_dir / "summary.json").is_file()):
             step.status = "done"
             log.info("%s: done in %.0f s", head, step.seconds)
+            if step.kind == "train" and not keep_checkpoints:
+                for ckpt in (step.out_dir / "checkpoints").glob("*.ckpt"):
+                    ckpt.unlink()
         else:
             step.status, step.why = "failed", failure_reason(step, result.returncode)
             log.error("%s: failed: %s", head, step.why)
@@ -317,7 +322,7 @@ def run_experiment(cfg: DictConfig) -> dict:
             print(" ".join(command(s)[1:]))
         return {}
     try:
-        run_steps(steps)
+        run_steps(steps, bool(cfg.get("keep_checkpoints", False)))
     finally:
         write_steps(steps, exp_dir)
     (exp_dir / "evaluate").mkdir(parents=True, exist_ok=True)  # empty when every evaluation failed
