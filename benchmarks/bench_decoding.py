@@ -45,6 +45,7 @@ from specfair.errors import SpecfairError
 from specfair.evaluation.acceptance import predicted_block_efficiency, predicted_speedup
 from specfair.models import (
     EMBEDDED,
+    TRUNCATED_LAYERS,
     load_model,
     load_tokenizer,
     resolve_dtype,
@@ -105,7 +106,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--gamma", type=int, default=4, help="tokens drafted per block (both speculative methods)"
     )
-    parser.add_argument("--draft-layers", type=int, default=4, help="layers of the truncated draft")
+    parser.add_argument(
+        "--draft-layers",
+        type=int,
+        help="the draft's first N layers (as draft.num_layers): of the target (default 4) or of --draft-path",
+    )
     parser.add_argument(
         "--draft-path", help="local HF folder of a (fine-tuned) draft; default: truncated target"
     )
@@ -164,7 +169,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if (args.shape or args.draft_shape) and not args.random_weights:
         parser.error("--shape/--draft-shape need --random-weights (no weights of those shapes ship here)")
     for name in ("prompts", "max_new_tokens", "gamma", "draft_layers", "repeats"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
@@ -207,9 +212,18 @@ def build_models(args, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedM
         torch.manual_seed(1)
         draft, label = random(args.draft_shape), f"random weights, {args.draft_shape} shape"
     elif args.draft_path:
-        draft, label = load_model(args.draft_path, dtype), f"{args.draft_path}"
+        draft, label = load_model(args.draft_path, dtype, "--draft-path"), f"{args.draft_path}"
+        if args.draft_layers and args.draft_layers != draft.config.num_hidden_layers:
+            draft = truncated_draft(
+                draft, args.draft_layers, f"--draft-path={args.draft_path}", "--draft-layers"
+            )
+            label += f", first {args.draft_layers} layers"
     else:
-        draft, label = truncated_draft(target, args.draft_layers), f"first {args.draft_layers} target layers"
+        layers = args.draft_layers or TRUNCATED_LAYERS
+        draft, label = (
+            truncated_draft(target, layers, option="--draft-layers"),
+            f"first {layers} target layers",
+        )
     return target.to(args.device), draft.to(args.device), label
 
 

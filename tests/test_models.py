@@ -82,9 +82,8 @@ def test_public_pair_path_loads_local_folders_and_checks_tokenizers(real_pair, t
     pair = load_pair(pair_cfg, OmegaConf.create({"name": "base", "num_layers": None, "path": None}))
     assert pair.draft.config.num_hidden_layers == 2
     cut = load_pair(pair_cfg, OmegaConf.create({"name": "base", "num_layers": 1, "path": None})).draft
-    assert (
-        cut.config.num_hidden_layers == 1
-    )  # draft.num_layers cuts a loaded draft: its first layer, same weights
+    # draft.num_layers cuts a loaded draft: its first layer, same weights
+    assert cut.config.num_hidden_layers == 1
     assert torch.equal(cut.model.layers[0].mlp.up_proj.weight, pair.draft.model.layers[0].mlp.up_proj.weight)
     with pytest.raises(
         SpecfairError, match=r"draft.num_layers=3 must be between 1 and pair.draft=.*draft2's 2 layers"

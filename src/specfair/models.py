@@ -133,12 +133,14 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 TRUNCATED_LAYERS = 4  # a draft cut from the target when draft.num_layers is null
 
 
-def truncated_draft(target: PreTrainedModel, num_layers: int, source: str = "the target") -> PreTrainedModel:
-    """The first `num_layers` decoder layers of `target` (the target, or a loaded draft cut shorter: a cheaper
-    draft step, issue 14) with copies of its embeddings, norm and head."""
+def truncated_draft(
+    target: PreTrainedModel, num_layers: int, source: str = "the target", option: str = "draft.num_layers"
+) -> PreTrainedModel:
+    """The first `num_layers` decoder layers of `target` (the target, or a loaded draft cut shorter for a cheaper
+    draft step) with copies of its embeddings, norm and head."""
     total = target.config.num_hidden_layers
     if not 1 <= num_layers <= total:
-        raise SpecfairError(f"draft.num_layers={num_layers} must be between 1 and {source}'s {total} layers")
+        raise SpecfairError(f"{option}={num_layers} must be between 1 and {source}'s {total} layers")
     config = copy.deepcopy(target.config)
     config.num_hidden_layers = num_layers
     if getattr(config, "layer_types", None) is not None:
