@@ -128,8 +128,8 @@ def comparison_plots(result: Mapping, out_dir: Path, prefix: str | None = None) 
 
 
 def imbalance_plot(result: Mapping, out_dir: Path) -> Path:
-    """Per arm, mean alpha gain per data rank (head → tail) against rho; bars span the runs; hollow: other
-    samplers. The panel title carries δ pooled over ratios (natural sampling) with its CI."""
+    """Per arm, mean alpha gain per data rank (head → tail) against rho; bars span the runs; the other
+    samplers hollow, one shape each. The panel title carries δ pooled over ratios (natural sampling) with its CI."""
     plt = _pyplot()
     arms = list(dict.fromkeys(c["arm"] for c in result["conditions"]))
     fig, axes = plt.subplots(2, len(arms), figsize=(6.4 * len(arms), 8.4), squeeze=False)
@@ -178,9 +178,13 @@ def _share_panel(plt, ax, runs: list[Mapping], k: int) -> None:
     ax.legend(fontsize=8)
 
 
+SAMPLER_MARKERS = ("s", "^", "v", "P", "X")  # hollow, one per fair sampler beside the natural lines
+
+
 def _imbalance_panel(plt, ax, conditions: list[Mapping]) -> None:
     natural = [c for c in conditions if c["sampling"] == "natural"]
     others = [c for c in conditions if c["sampling"] != "natural"]
+    samplers = list(dict.fromkeys(c["sampling"] for c in others))
     k = len(conditions[0]["gain_by_rank"])
     names = {0: "head (most data)", k - 1: "tail (least data)"}
     colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(k, 1)))
@@ -193,14 +197,19 @@ def _imbalance_panel(plt, ax, conditions: list[Mapping]) -> None:
             label = names.get(rank, f"rank {rank + 1}")
             ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, color=colors[rank], label=label)
         for c in others:
+            j = samplers.index(c["sampling"])  # each sampler its own marker and offset, right of its ratio
             p = c["gain_by_rank"][rank]
-            ax.plot(c["ratio"] * 1.25, p["mean"], marker="s", mfc="none", color=colors[rank], ls="none")
-    for sampling in dict.fromkeys(c["sampling"] for c in others):
-        ax.plot([], [], marker="s", mfc="none", color="grey", ls="none", label=f"{sampling} sampler")
+            ax.plot(c["ratio"] * 1.25**(j + 1), p["mean"], marker=SAMPLER_MARKERS[j % len(SAMPLER_MARKERS)],
+                    mfc="none", color=colors[rank], ls="none")  # fmt: skip
+    for j, sampling in enumerate(samplers):
+        marker = SAMPLER_MARKERS[j % len(SAMPLER_MARKERS)]
+        ax.plot([], [], marker=marker, mfc="none", color="grey", ls="none", label=f"{sampling} sampler")
     ax.set_xscale("log")
     ax.set_xlabel("imbalance ratio rho = n_head / n_tail (training data)")
     ax.set_ylabel("alpha gain (mean over rotations, bars: range)")
-    ax.legend(fontsize=8)
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + 0.35 * (high - low))  # headroom: the legend sits above the data, never on it
+    ax.legend(fontsize=7, ncol=2, loc="upper center")
 
 
 # --- transfer matrix ---------------------------------------------------------------------------------------
