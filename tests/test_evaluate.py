@@ -226,6 +226,8 @@ def test_local_jsonl_dataset(tmp_path):
         )
     )
     out = tmp_path / "run"
+    out.mkdir()
+    (out / "error.txt").write_text("an earlier attempt's failure\n")  # a rerun that succeeds clears it
     result = run_evaluate(
         "dataset=local",
         f"dataset.path={rows}",
@@ -239,6 +241,7 @@ def test_local_jsonl_dataset(tmp_path):
     summary = json.loads(Path(out, "summary.json").read_text())
     assert summary["dataset"]["source"] == "local" and list(summary["categories"]) == ["a", "b"]
     assert summary["overall"]["prompts"] == 4
+    assert not (out / "error.txt").exists()
 
 
 def test_reduced_precision_decode_skips_the_lossless_check(tmp_path):

@@ -109,6 +109,8 @@ def run_app(task, cfg):
     from specfair.config_check import check_config
 
     hydra = HydraConfig.get() if HydraConfig.initialized() else None
+    if hydra is not None:  # an earlier attempt's failure line would outlive a rerun that succeeds
+        Path(hydra.runtime.output_dir, "error.txt").unlink(missing_ok=True)
     try:
         check_config(cfg)
         return task(cfg)
