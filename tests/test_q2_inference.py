@@ -98,7 +98,8 @@ def test_delta_and_head_minus_rest_recovered_with_intervals_and_detectable_effec
     assert "the gain rises with the category's share of the data" in text
     md = "\n".join(tables.imbalance_section(result))
     assert "| kd_short@generalist | natural | all | 24 | " in md and "runs and prompts" in md
-    assert "Spearman" not in md  # no rank correlation pooled over runs × categories
+    # no rank correlation pooled over runs × categories: only the rank test that reassigns the runs' mixes
+    assert md.count("Spearman") == 1 and "Rank test (mean per-run Spearman" in md
 
 
 def test_interval_covers_the_true_delta_in_most_simulations():
@@ -302,3 +303,31 @@ def test_report_resamples_the_runs_prompts(tmp_path, monkeypatch):
     md = (tmp_path / "out" / "report.md").read_text()
     assert "δ = " in md and "detectable ≥" in md and "no run with head d" in md
     assert json.loads((tmp_path / "out" / "report.json").read_text())["imbalance"]["toy"]["pooled"]
+
+
+def test_rotation_rank_test_rejects_with_six_categories_and_not_without_an_effect():
+    """Reassigning which run got which mix: exact over 6! assignments, so 6 rotations can reach p = 1/720."""
+    rng = np.random.default_rng(1)
+    shares = np.array([0.39, 0.25, 0.16, 0.10, 0.06, 0.04])
+    x = np.log(np.array([np.roll(shares, h) for h in range(6)]))
+    ease = rng.normal(0, 0.02, 6)
+    follows = exposure.rotation_test(
+        exposure.Panel(ease + 0.02 * x + rng.normal(0, 0.01, (6, 6)), x, np.arange(6))
+    )
+    assert follows["exact"] and follows["smallest_p"] == pytest.approx(1 / 720)
+    assert follows["rho"] > 0.5 and follows["p_value"] < 0.01
+    flat = exposure.rotation_test(exposure.Panel(ease + rng.normal(0, 0.01, (6, 6)), x, np.arange(6)))
+    assert flat["p_value"] > 0.05
+    same_mix = exposure.Panel(rng.normal(size=(3, 6)), np.log(np.full((3, 6), 1 / 6)), np.zeros(3, int))
+    assert exposure.rotation_test(same_mix)["p_value"] is None
+
+
+def test_report_gives_the_rank_test_per_ratio_and_none_at_equal_shares():
+    result = analyze(*simulate(delta=0.03, ratios=(1, 100), seeds=2))
+    by_ratio = {c["ratio"]: c for c in result["conditions"]}
+    assert by_ratio[1]["rank_test"] is None
+    test = by_ratio[100]["rank_test"]
+    assert test["rho"] > 0 and test["p_value"] < 0.05 and not test["exact"] and test["runs"] == 8
+    assert f"{test['rho']:+.2f} at rho=100, p = {test['p_value']:.3g} (8 runs" in " ".join(
+        result["sentences"]
+    )

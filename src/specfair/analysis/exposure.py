@@ -40,6 +40,54 @@ def smallest_p(k: int) -> float:
     return min(1.0, 2 / math.factorial(k)) if k >= 2 else 1.0
 
 
+def _mean_run_spearman(x: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    """Mean over runs of Spearman(x_r, gains_r), for a stack of share assignments x: [P, R, K] -> [P]."""
+    from scipy.stats import rankdata  # scipy, not torch: the analysis layer stays light
+
+    ok = np.isfinite(x) & np.isfinite(gains)[None]
+    rx = np.where(ok, rankdata(np.where(ok, x, np.inf), axis=-1), np.nan)
+    ry = np.where(ok, rankdata(np.where(ok, np.broadcast_to(gains, x.shape), np.inf), axis=-1), np.nan)
+    rx, ry = rx - np.nanmean(rx, -1, keepdims=True), ry - np.nanmean(ry, -1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.nansum(rx * ry, -1) / np.sqrt(np.nansum(rx**2, -1) * np.nansum(ry**2, -1))
+    return np.nanmean(rho, -1) if np.isfinite(rho).any() else np.full(len(x), np.nan)
+
+
+def rotation_test(panel: Panel, permutations: int = 10_000, seed: int = 0) -> dict:
+    """A rank test of "the gain follows the data" that can reject with few categories.
+
+    Statistic: the mean over runs of each run's Spearman between log training share and gain, the gain taken
+    relative to its category's mean over all runs (a category's ease would otherwise swamp a run's ranking).
+    Null: which run got which mix (rotation) does not matter, so the runs' share vectors are exchangeable; the
+    p-value is the share of reassignments (all R! when that is ≤ `permutations`, else random ones) whose
+    |statistic| reaches the observed one. No test when every run had the same mix (rho = 1, or one head).
+    """
+    x = panel.x
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a category with no gain in any run: all-NaN column
+        gains = panel.gains - np.nanmean(panel.gains, axis=0, keepdims=True)
+    rows = [tuple(np.nan_to_num(row, nan=-np.inf)) for row in x]
+    distinct = set(rows)
+    observed = float(_mean_run_spearman(x[None], gains)[0])
+    if len(distinct) < 2 or not np.isfinite(observed):
+        return {"rho": None, "p_value": None, "why": "every run had the same mix: nothing to reassign"}
+    r = len(x)
+    if math.factorial(r) <= permutations:
+        import itertools
+
+        orders = np.array(list(itertools.permutations(range(r))))
+        exact = True
+    else:
+        rng = np.random.default_rng(seed)
+        orders = np.array([rng.permutation(r) for _ in range(permutations)])
+        exact = False
+    null = _mean_run_spearman(x[orders], gains)
+    hits = int(np.count_nonzero(np.abs(null) >= abs(observed) - 1e-12))
+    p = hits / len(orders) if exact else (hits + 1) / (len(orders) + 1)
+    assignments = math.factorial(r) // math.prod(math.factorial(rows.count(v)) for v in distinct)
+    return {"rho": observed, "p_value": p, "runs": r, "exact": exact, "smallest_p": 1 / assignments}
+
+
 @dataclass
 class Panel:
     """R runs × K categories. gains: point gains (NaN: undefined); x: log training share (NaN: no training

@@ -8,7 +8,8 @@ whether a sampler closes the gap at the same data: worst-category gain, mean gai
 sampling at the same mix, each with a cluster-bootstrap CI. Per (arm, sampler, ratio), and pooled over ratios, `exposure` estimates δ, the gain
 per unit of log training share, and head − rest, each with a cluster-bootstrap CI and the smallest effect the
 design could detect. A pooled rank correlation over runs × categories is not reported: category ease and run
-effects make its points unexchangeable, and per run, 4 categories cannot reach p < 0.083.
+effects make its points unexchangeable, and per run, 4 categories cannot reach p < 0.083. The rank test
+reported instead (`exposure.rotation_test`) permutes which run got which mix, so ease cancels.
 
 Computation only: the sentences are in `sentences`, the table in `tables`, the plot in `plots`.
 """
@@ -161,7 +162,9 @@ def condition(
     missing = [c for c in categories if c not in heads] if ratio > 1 else []
     where = f"{arm + ', ' if arm else ''}{sampling} sampling, rho={ratio:g}"
     inference = _inference(group, where, ratio, prompts, resamples)
-    fairness = exposure.fairness_ci(panel(group, prompts)[0], resamples)
+    runs_panel = panel(group, prompts)[0]
+    fairness = exposure.fairness_ci(runs_panel, resamples)
+    rank_test = exposure.rotation_test(runs_panel) if ratio > 1 else None
     if missing:
         inference["notes"].insert(
             0,
@@ -181,6 +184,7 @@ def condition(
         "head_minus_rest_validation": None if None in validation else float(np.mean(validation)),
         "delta": inference["delta"],
         "fairness": fairness,
+        "rank_test": rank_test,
         "notes": inference["notes"],
     }
 
