@@ -24,6 +24,7 @@ share would otherwise be missed. The minimum detectable effect at 80 % power, tw
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -73,8 +74,6 @@ def rotation_test(panel: Panel, permutations: int = 10_000, seed: int = 0) -> di
         return {"rho": None, "p_value": None, "why": "every run had the same mix: nothing to reassign"}
     r = len(x)
     if math.factorial(r) <= permutations:
-        import itertools
-
         orders = np.array(list(itertools.permutations(range(r))))
         exact = True
     else:
