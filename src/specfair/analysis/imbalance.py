@@ -102,9 +102,16 @@ def panel(group: list[dict], prompts: Mapping | None = None) -> tuple[exposure.P
     return p, notes
 
 
-def _inference(group: list[dict], where: str, ratio: float | None, prompts, resamples: int) -> dict:
-    """δ (and head − rest, given a ratio) with CIs and MDEs for a set of runs, and a line for each limit."""
-    p, notes = panel(group, prompts)
+def _inference(
+    group: list[dict],
+    where: str,
+    ratio: float | None,
+    built: tuple[exposure.Panel, list[str]],
+    resamples: int,
+) -> dict:
+    """δ (and head − rest, given a ratio) with CIs and MDEs for a set of runs (`built`: their `panel`), and a
+    line for each limit."""
+    p, notes = built[0], list(built[1])
     zero = [f"{c} in {r['label']}" for r in group for c, s in r["exposure"].items() if not s > 0]
     if zero:
         what = group[0]["exposure_basis"].split()[-1]
@@ -161,8 +168,9 @@ def condition(
     heads = sorted({r["head"] for r in group})
     missing = [c for c in categories if c not in heads] if ratio > 1 else []
     where = f"{arm + ', ' if arm else ''}{sampling} sampling, rho={ratio:g}"
-    inference = _inference(group, where, ratio, prompts, resamples)
-    runs_panel = panel(group, prompts)[0]
+    built = panel(group, prompts)
+    runs_panel = built[0]
+    inference = _inference(group, where, ratio, built, resamples)
     fairness = exposure.fairness_ci(runs_panel, resamples)
     rank_test = exposure.rotation_test(runs_panel) if ratio > 1 else None
     if missing:
@@ -222,7 +230,7 @@ def analyze(
             group = [r for r in runs if (r["arm"], r["sampling"]) == (arm, sampling)]
             if len({r["ratio"] for r in group}) > 1:
                 where = f"{arm}, {sampling} sampling, all ratios"
-                estimate = _inference(group, where, None, prompts, resamples)
+                estimate = _inference(group, where, None, panel(group, prompts), resamples)
                 pooled.append({"arm": arm, "sampling": sampling, "runs": len(group), **estimate})
         result = {"dataset": dataset, "runs": runs, "conditions": conditions, "pooled": pooled}
         result["notes"] = [n for c in conditions for n in c["notes"]]

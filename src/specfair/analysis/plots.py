@@ -184,7 +184,10 @@ SAMPLER_MARKERS = ("s", "^", "v", "P", "X")  # hollow, one per fair sampler besi
 def _imbalance_panel(plt, ax, conditions: list[Mapping]) -> None:
     natural = [c for c in conditions if c["sampling"] == "natural"]
     others = [c for c in conditions if c["sampling"] != "natural"]
-    samplers = list(dict.fromkeys(c["sampling"] for c in others))
+    names_in_order = dict.fromkeys(c["sampling"] for c in others)
+    samplers = {  # each its own hollow marker, placed right of its ratio
+        s: (SAMPLER_MARKERS[j % len(SAMPLER_MARKERS)], 1.25 ** (j + 1)) for j, s in enumerate(names_in_order)
+    }
     k = len(conditions[0]["gain_by_rank"])
     names = {0: "head (most data)", k - 1: "tail (least data)"}
     colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(k, 1)))
@@ -197,12 +200,10 @@ def _imbalance_panel(plt, ax, conditions: list[Mapping]) -> None:
             label = names.get(rank, f"rank {rank + 1}")
             ax.errorbar(xs, mean, yerr=err, marker="o", capsize=3, color=colors[rank], label=label)
         for c in others:
-            j = samplers.index(c["sampling"])  # each sampler its own marker and offset, right of its ratio
-            p = c["gain_by_rank"][rank]
-            ax.plot(c["ratio"] * 1.25**(j + 1), p["mean"], marker=SAMPLER_MARKERS[j % len(SAMPLER_MARKERS)],
-                    mfc="none", color=colors[rank], ls="none")  # fmt: skip
-    for j, sampling in enumerate(samplers):
-        marker = SAMPLER_MARKERS[j % len(SAMPLER_MARKERS)]
+            marker, offset = samplers[c["sampling"]]
+            mean = c["gain_by_rank"][rank]["mean"]
+            ax.plot(c["ratio"] * offset, mean, marker=marker, mfc="none", color=colors[rank], ls="none")
+    for sampling, (marker, _) in samplers.items():
         ax.plot([], [], marker=marker, mfc="none", color="grey", ls="none", label=f"{sampling} sampler")
     ax.set_xscale("log")
     ax.set_xlabel("imbalance ratio rho = n_head / n_tail (training data)")
