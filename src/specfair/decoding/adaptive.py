@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from specfair.decoding.engine import forward, new_caches, now, rollback
+from specfair.decoding.calls import forward, new_caches, now, rollback
+from specfair.decoding.drafters import as_drafter
+from specfair.decoding.sampling import GREEDY
 
 
 def best_gamma(alpha: float, c: float, verify: list[float]) -> int:
@@ -57,24 +59,33 @@ class GammaPolicy:
 
 
 def measure_costs(target, draft, context: list[int], gamma_max: int, repeats: int = 5) -> GammaPolicy:
-    """Time a k-token target pass (k = 1 .. gamma_max + 1) and a 1-token draft step after `context`; medians
-    of `repeats`, in 1-token target steps."""
+    """Time a k-token target pass (k = 1 .. gamma_max + 1) and a 1-token proposal of the drafter (a model or
+    any `Drafter`) after `context`; medians of `repeats`, in 1-token target steps."""
     device = target.device
-    caches = new_caches((target, draft), len(context) + gamma_max + 2, False)
+    drafter = as_drafter(draft)
+    (cache,) = new_caches((target,), len(context) + gamma_max + 2, False)
 
-    def timed(model, cache, k: int) -> float:  # k tokens fed, k logits kept: a verify pass of γ = k - 1
+    def median_s(call) -> float:
         times = []
         for _ in range(repeats + 1):  # the first is a warm-up
             start = now(device)
-            forward(model, cache, context + context[-1:] * k, keep=k)
+            call()
             times.append(now(device) - start)
-            rollback(cache, len(context))
         return statistics.median(times[1:])
 
+    def target_pass(k: int) -> None:  # k tokens fed, k logits kept: a verify pass of γ = k - 1
+        forward(target, cache, context + context[-1:] * k, keep=k)
+        rollback(cache, len(context))
+
+    def draft_step() -> None:
+        drafter.propose(context, 1, 1 << 30, GREEDY, frozenset(), None)
+        drafter.kept(context, None)
+
     with torch.inference_mode():
-        for model, cache in zip((target, draft), caches, strict=True):
-            forward(model, cache, context)
-        target_s = [timed(target, caches[0], k) for k in range(1, gamma_max + 2)]
-        draft_s = timed(draft, caches[1], 1)
+        forward(target, cache, context)
+        target_s = [median_s(lambda k=k: target_pass(k)) for k in range(1, gamma_max + 2)]
+        drafter.reset(len(context) + 2, False)
+        drafter.prefill(context, None)
+        draft_s = median_s(draft_step)
     one = max(target_s[0], 1e-9)
     return GammaPolicy(c=draft_s / one, verify=[t / one for t in target_s])

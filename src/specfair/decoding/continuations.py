@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from specfair.decoding.engine import cache_kwarg, logits_to_probs, new_cache
+from specfair.decoding.engine import logits_to_probs
+from specfair.decoding.kv import cache_kwarg, new_cache
 from specfair.errors import SpecfairError
 from specfair.records import write_atomic
 

@@ -9,17 +9,23 @@ rollback is a `crop` and the draft catches up on the bonus token in its next pas
 
 from __future__ import annotations
 
-import inspect
-import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
-from specfair.decoding.static import StaticKV, static_kv
+from specfair.decoding.calls import forward, forward_hidden, new_caches, now, rollback
+from specfair.decoding.drafters import Drafter, as_drafter
+from specfair.decoding.kv import cache_kwarg, new_cache
+from specfair.decoding.sampling import Sampling, eos_set, logits_to_probs, pick, sample
 from specfair.errors import SpecfairError
-from specfair.models import shared_vocab_size
+from specfair.vocab import head_rows
+
+__all__ = [  # the names other modules import from here
+    "DecodeStats", "autoregressive_generate", "cache_kwarg", "check_generation_args", "eos_set", "forward",
+    "logits_to_probs", "new_cache", "new_caches", "now", "rollback", "speculative_generate",
+]  # fmt: skip
 
 
 @dataclass
@@ -79,138 +85,26 @@ def check_generation_args(
         raise SpecfairError(f"spec.confidence_threshold={confidence_threshold}: must be in [0, 1) or null")
 
 
-# --- model calls -------------------------------------------------------------------------------------
-
-_CACHE_KWARG: dict[type, str] = {}
-
-
-def new_cache(model: PreTrainedModel) -> DynamicCache:
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # older transformers
-        return DynamicCache()
-
-
-def cache_kwarg(model: PreTrainedModel) -> str:
-    """The forward() argument that takes the KV cache (transformers 5 renamed past_key_values -> cache)."""
-    kind = type(model)
-    if kind not in _CACHE_KWARG:
-        params = inspect.signature(model.forward).parameters
-        _CACHE_KWARG[kind] = "cache" if "cache" in params else "past_key_values"
-    return _CACHE_KWARG[kind]
-
-
-def new_caches(models, max_len: int, compiled: bool) -> list[DynamicCache | StaticKV]:
-    """One empty cache per model: dynamic, or with `compiled` static with CUDA graphs (`static.py`)."""
-    if compiled:
-        return [static_kv(m, max_len, role=i) for i, m in enumerate(models)]
-    return [new_cache(m) for m in models]
-
-
-def forward(model: PreTrainedModel, cache, tokens: list[int], keep: int = 1) -> torch.Tensor:
-    """Feed the tokens the cache lacks; return the logits of the last `keep` positions, float32 [keep, V]."""
-    if isinstance(cache, StaticKV):
-        return cache.feed(tokens[cache.length :], keep)
-    start = cache.get_seq_length()
-    ids = torch.tensor([tokens[start:]], device=model.device)
-    out = model(input_ids=ids, use_cache=True, logits_to_keep=keep, **{cache_kwarg(model): cache})
-    return out.logits[0, -keep:].float()
-
-
-def rollback(cache, length: int) -> None:
-    """Drop cached positions past `length` (a negative crop means "remove that many" in every version)."""
-    if isinstance(cache, StaticKV):
-        return cache.rollback(length)
-    extra = cache.get_seq_length() - length
-    if extra > 0:
-        cache.crop(-extra)
-
-
-def now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-# --- sampling ----------------------------------------------------------------------------------------
-
-
-def logits_to_probs(logits: torch.Tensor, temperature: float, top_k=None, top_p=None) -> torch.Tensor:
-    """Temperature, then top-k, then top-p (nucleus) filtering, then softmax; over the last dim."""
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if top_p is not None and top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
-        mass_before = sorted_probs.cumsum(-1) - sorted_probs
-        sorted_probs = sorted_probs.masked_fill(mass_before >= top_p, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        probs = probs / probs.sum(-1, keepdim=True)
-    return probs
-
-
-def sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def pick(logits: torch.Tensor, temperature, top_k, top_p, generator) -> tuple[int, torch.Tensor | None]:
-    """Next token from one row of logits, and its distribution when sampling (None when greedy)."""
-    if temperature == 0:
-        return int(logits.argmax()), None
-    probs = logits_to_probs(logits, temperature, top_k, top_p)
-    return sample(probs, generator), probs
-
-
-def eos_set(eos_token_id: int | Iterable[int] | None) -> frozenset[int]:
-    if eos_token_id is None:
-        return frozenset()
-    if isinstance(eos_token_id, int):
-        return frozenset([eos_token_id])
-    return frozenset(int(t) for t in eos_token_id)
-
-
 # --- the algorithm -----------------------------------------------------------------------------------
 
 
-def draft_block(draft, cache, tokens, n, vocab, temperature, top_k, top_p, eos, generator, threshold=None):
-    """Propose up to n tokens autoregressively; stop after an EOS (nothing after it can be kept), or after a
-    token the draft gave less than `threshold` probability (spec.confidence_threshold: an unsure draft's next
-    guesses are likely rejected, and each costs a draft step)."""
-    proposals, dists = [], []
-    seq = list(tokens)
-    for _ in range(n):
-        logits = forward(draft, cache, seq)[-1, :vocab]
-        token, q = pick(logits, temperature, top_k, top_p, generator)
-        proposals.append(token)
-        dists.append(q)
-        seq.append(token)
-        if token in eos:
-            break
-        if (
-            threshold is not None
-            and float((q if q is not None else torch.softmax(logits, -1))[token]) < threshold
-        ):
-            break
-    return proposals, dists
-
-
-def accept(proposals, dists, target_logits, temperature, top_k, top_p, generator) -> tuple[int, int]:
+def accept(proposals, dists, target_logits, sampling: Sampling) -> tuple[int, int]:
     """Accepted count n and the next target token (correction at n, or bonus after all accepted).
 
     Greedy: keep the longest prefix equal to the target's argmax. Sampling: keep token x with
     probability min(1, p(x)/q(x)); on rejection draw from norm(max(0, p - q)), which makes every emitted
     token distributed exactly as the target's.
     """
-    if temperature == 0:
+    if sampling.greedy:
         choice = target_logits.argmax(-1).tolist()
         n = 0
         while n < len(proposals) and proposals[n] == choice[n]:
             n += 1
         return n, choice[n]
-    p = logits_to_probs(target_logits, temperature, top_k, top_p)
+    p = sampling.probs(target_logits)
+    generator = sampling.generator
     for i, (token, q) in enumerate(zip(proposals, dists, strict=True)):
+        q = q.to(p.device)
         r = torch.rand((), generator=generator, device=p.device)
         if r * q[token] < p[i, token]:  # r < p/q without dividing by zero
             continue
@@ -220,20 +114,33 @@ def accept(proposals, dists, target_logits, temperature, top_k, top_p, generator
     return len(proposals), sample(p[len(proposals)], generator)
 
 
-def verify(target, cache, tokens, proposals, dists, vocab, eos, sampling) -> tuple[list[int], int]:
+def target_pass(target, cache, tokens: list[int], keep: int, layers: tuple[int, ...]):
+    """The target's logits of the last `keep` positions, and its hidden states at `layers` of every fed
+    position when a drafter reads them (None otherwise): one forward either way."""
+    if not layers:
+        return forward(target, cache, tokens, keep), None
+    return forward_hidden(target, cache, tokens, keep, layers)
+
+
+def verify(target, cache, tokens, proposals, dists, vocab, eos, sampling, layers=()):
     """One target pass over the proposals: the emitted tokens (accepted prefix + correction or bonus, no token
-    after an accepted EOS) and the accepted count n."""
-    target_logits = forward(target, cache, tokens + proposals, keep=len(proposals) + 1)[:, :vocab]
-    n, token = accept(proposals, dists, target_logits, *sampling)
+    after an accepted EOS), the accepted count n, and the hidden states of the fed positions (or None)."""
+    logits, hidden = target_pass(target, cache, tokens + proposals, len(proposals) + 1, layers)
+    n, token = accept(proposals, dists, logits[:, :vocab], sampling)
     emitted = proposals[:n]
     if not (emitted and emitted[-1] in eos):
         emitted.append(token)
-    return emitted, n
+    return emitted, n, hidden
+
+
+def decoded_rows(target: PreTrainedModel, drafter: Drafter, vocab: int | None) -> int:
+    """The ids decoded: the rows the target and the drafter both score, cut to `vocab` when given."""
+    return min(v for v in (vocab, head_rows(target), drafter.rows) if v)
 
 
 def speculative_generate(
     target: PreTrainedModel,
-    draft: PreTrainedModel,
+    draft: PreTrainedModel | Drafter,
     input_ids: torch.Tensor,
     *,
     gamma: int,
@@ -250,7 +157,8 @@ def speculative_generate(
 ) -> tuple[torch.Tensor, DecodeStats]:
     """New tokens `[1, n]` and counters; at temperature 0 identical to the target's greedy output.
 
-    Prefill, then blocks of draft → verify → roll both caches back to the kept tokens, until EOS or the budget.
+    Prefill, then blocks of draft → verify → roll the caches back to the kept tokens, until EOS or the budget.
+    `draft`: a model (drafted autoregressively on its own cache) or any `Drafter` (`drafters.py`).
     `vocab`: the ids decoded (default: the rows both heads have; `Pair.vocab_size` also bounds it by the
     tokenizer); pass the same to `autoregressive_generate` so the baseline draws from the same ids.
     `compiled`: static caches, CUDA graphs on a GPU (`spec.compile`); the same tokens either way.
@@ -261,37 +169,42 @@ def speculative_generate(
         gamma=gamma, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         confidence_threshold=confidence_threshold,
     )  # fmt: skip
+    drafter = as_drafter(draft)
     device = target.device
-    vocab = min(vocab, shared_vocab_size(target, draft)) if vocab else shared_vocab_size(target, draft)
+    vocab = decoded_rows(target, drafter, vocab)
     eos = eos_set(eos_token_id)
-    sampling = (temperature, top_k, top_p, generator)
+    sampling = Sampling(temperature, top_k, top_p, generator)
+    layers = tuple(drafter.hidden_layers)
     stats = DecodeStats()
     tokens = input_ids[0].tolist()
     start = len(tokens)
-    t_cache, d_cache = new_caches((target, draft), start + max_new_tokens + gamma + 1, compiled)
+    (t_cache,) = new_caches((target,), start + max_new_tokens + gamma + 1, compiled)
+    drafter.reset(start + max_new_tokens + gamma + 1, compiled)
 
     with torch.inference_mode():
         t0 = now(device)
-        token, _ = pick(forward(target, t_cache, tokens)[-1, :vocab], *sampling)
+        logits, hidden = target_pass(target, t_cache, tokens, 1, layers)
+        token, _ = pick(logits[-1, :vocab], sampling)
         tokens.append(token)
         done = token in eos or max_new_tokens == 1
         if (
             not done
-        ):  # the draft's prefill is billed here, so draft_s (the cost ratio c) holds decode steps only
-            forward(draft, d_cache, tokens[:-1])
+        ):  # the drafter's prefill is billed here, so draft_s (the cost ratio c) holds decode steps only
+            drafter.prefill(tokens, hidden)
         t1 = now(device)
         stats.prefill_s = t1 - t0
         while not done:
             wanted = gamma if gamma_policy is None else max(1, min(gamma, gamma_policy(stats)))
             budget = min(wanted, max_new_tokens - (len(tokens) - start) - 1)
-            proposals, dists = draft_block(
-                draft, d_cache, tokens, budget, vocab, *sampling[:3], eos, generator, confidence_threshold
-            )
+            proposals, dists = drafter.propose(tokens, budget, vocab, sampling, eos, confidence_threshold)
             t2 = now(device)
-            emitted, n = verify(target, t_cache, tokens, proposals, dists, vocab, eos, sampling)
+            cached = len(tokens) - 1
+            emitted, n, hidden = verify(
+                target, t_cache, tokens, proposals, dists, vocab, eos, sampling, layers
+            )
             tokens.extend(emitted)
             rollback(t_cache, len(tokens) - 1)
-            rollback(d_cache, len(tokens) - 1)
+            drafter.kept(tokens, None if hidden is None else hidden[: len(tokens) - 1 - cached])
             t3 = now(device)
             stats.add_block(len(proposals), n, draft_s=t2 - t1, verify_s=t3 - t2)
             done = emitted[-1] in eos or len(tokens) - start >= max_new_tokens
@@ -323,10 +236,11 @@ def autoregressive_generate(
     tokens = input_ids[0].tolist()
     start = len(tokens)
     (cache,) = new_caches((model,), start + max_new_tokens + 1, compiled)
+    sampling = Sampling(temperature, top_k, top_p, generator)
     with torch.inference_mode():
         t0 = now(model.device)
         for step in range(max_new_tokens):
-            token, _ = pick(forward(model, cache, tokens)[-1, :vocab], temperature, top_k, top_p, generator)
+            token, _ = pick(forward(model, cache, tokens)[-1, :vocab], sampling)
             tokens.append(token)
             if step == 0 and stats is not None:
                 stats.prefill_s = now(model.device) - t0

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from specfair.decoding.engine import cache_kwarg, logits_to_probs
+from specfair.decoding.drafters import ModelDrafter, as_drafter
+from specfair.decoding.kv import cache_kwarg
+from specfair.decoding.sampling import GREEDY, logits_to_probs
 from specfair.errors import SpecfairError
 
 # the per-prompt counters replay reproduces exactly (DecodeStats / samples.jsonl names)
@@ -176,7 +178,14 @@ def free_runs(draft, cache, requests: list[tuple[int, int, int, int]], vocab: in
 
 
 def replay_greedy(draft, prompts, ys, *, gamma: int, max_new_tokens: int, vocab: int, eos: frozenset[int]):
-    """Counters for a batch of prompts (token lists) with the target's greedy continuations ys."""
+    """Counters for a batch of prompts (token lists) with the target's greedy continuations ys; `draft` a model,
+    or a drafter (one without a model of its own is rolled out block by block: `replay_rollout`)."""
+    drafter = as_drafter(draft)
+    if not isinstance(drafter, ModelDrafter):
+        return replay_rollout(
+            drafter, prompts, ys, gamma=gamma, max_new_tokens=max_new_tokens, vocab=vocab, eos=eos
+        )
+    draft = drafter.model
     sequences = [p + y for p, y in zip(prompts, ys, strict=True)]
     logits, cache = teacher_forced(draft, sequences, vocab)
     argmax = logits.argmax(-1).tolist()
@@ -224,3 +233,45 @@ def expected_acceptance(
             }
         )
     return result
+
+
+# --- drafters without a model of their own: the engine's loop with the target's tokens read from y -------------
+
+
+def replay_rollout(drafter, prompts, ys, *, gamma: int, max_new_tokens: int, vocab: int, eos: frozenset[int]):
+    """Counters for a drafter whose proposals are a function of the context (prompt lookup): each block asks
+    it for its proposals after the tokens kept so far, exactly as decoding does, and reads the target's tokens
+    from its greedy continuation y instead of running the target."""
+    if drafter.hidden_layers:
+        raise SpecfairError(
+            f"mode=replay: draft={drafter.name} reads the target's hidden states, which the continuation cache "
+            "does not keep; use mode=decode"
+        )
+    return [
+        _rollout(drafter, p, y, gamma, max_new_tokens, vocab, eos) for p, y in zip(prompts, ys, strict=True)
+    ]
+
+
+def _rollout(drafter, prompt, y, gamma, max_new_tokens, vocab, eos) -> dict:
+    drafter.reset(len(prompt) + max_new_tokens + gamma + 1, False)
+    tokens, k = prompt + y[:1], 1
+    done = y[0] in eos or max_new_tokens == 1
+    if not done:
+        drafter.prefill(tokens, None)
+    blocks, proposed = [], []
+    while not done:
+        budget = min(gamma, max_new_tokens - k - 1)
+        proposals, _ = drafter.propose(tokens, budget, vocab, GREEDY, eos, None)
+        n = 0
+        while n < len(proposals) and k + n < len(y) and proposals[n] == y[k + n]:
+            n += 1
+        accepted_eos = n > 0 and proposals[n - 1] in eos
+        blocks.append(Block(k, budget, n, accepted_eos))
+        proposed.append(len(proposals))
+        k += n if accepted_eos else n + 1
+        tokens = prompt + y[:k]
+        drafter.kept(tokens, None)
+        done = accepted_eos or y[k - 1] in eos or k >= max_new_tokens
+    if k != len(y):
+        raise AssertionError(f"replay emitted {k} tokens but the continuation has {len(y)}")
+    return counters(y, blocks, proposed)

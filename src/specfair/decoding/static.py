@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, StaticCache
 
+from specfair.decoding.kv import cache_kwarg
 from specfair.errors import SpecfairError
 
 GRAPHED_LENGTHS = 8  # feeds of up to this many tokens are graphed (γ ≤ 7); longer ones run eagerly
@@ -100,8 +101,6 @@ _KEPT: weakref.WeakKeyDictionary[PreTrainedModel, dict[int, StaticKV]] = weakref
 def static_kv(model: PreTrainedModel, max_len: int, role: int = 0, graphs: bool = True) -> StaticKV:
     """The model's kept StaticKV for `role` (target 0, draft 1: one model may be both), emptied; a new one
     (graphs recaptured) when the kept one is too short or sits on another device."""
-    from specfair.decoding.engine import cache_kwarg  # the engine imports this module
-
     kept = _KEPT.setdefault(model, {})
     kv = kept.get(role)
     stale = kv is None or kv.max_len < max_len or (kv.device, kv.dtype) != (model.device, model.dtype)

@@ -1,0 +1,127 @@
+"""Prompt lookup (`draft=lookup`): the n-gram search, lossless decoding, exact sampling, replay == decoding,
+and the same tokens as transformers' own prompt lookup."""
+
+import pytest
+import torch
+from test_speculative import chi_square_p, exact_distribution, marginal
+
+from specfair.decoding.drafters import LookupDrafter, lookup
+from specfair.decoding.engine import autoregressive_generate, speculative_generate
+from specfair.decoding.replay import REPLAYED_COUNTERS, replay_greedy
+from specfair.errors import SpecfairError
+
+# repetitive prompts, so that n-grams recur; the last one never repeats a token
+PROMPTS = [
+    [1, 2, 3, 1, 2],
+    [5, 5, 5, 5],
+    [7, 1, 0, 4, 7, 1, 0, 6, 3, 7, 1],
+    [4, 2, 9, 4, 2, 9, 4],
+    [0, 1, 2, 3],
+]
+
+
+def test_lookup_finds_the_first_earlier_occurrence_of_the_longest_suffix():
+    assert lookup([1, 2, 3, 1, 2], 2, max_ngram=3) == [3, 1]  # "1 2" recurs at 0; "3 1 2" does not
+    assert lookup([1, 2, 3, 9, 2], 3, max_ngram=3) == [3, 9, 2]  # only the 1-gram "2" recurs
+    assert lookup([1, 2, 3, 9, 2], 3, max_ngram=3, min_ngram=2) == []  # ... and 1-grams are not searched
+    assert lookup([4, 5, 4, 6, 4, 5], 2, max_ngram=2) == [4, 6]  # first match, left to right
+    assert lookup([4, 5, 4, 6, 4, 5], 9, max_ngram=2) == [4, 6, 4, 5]  # cut at the context's end
+    assert lookup([1, 2, 3], 4, max_ngram=3) == [] and lookup([7], 4, max_ngram=3) == []
+    assert lookup([5, 5, 5], 0, max_ngram=3) == []
+
+
+def test_lookup_settings_are_checked():
+    with pytest.raises(
+        SpecfairError, match="draft.lookup.max_ngram=1: expected an integer >= draft.lookup.min_ngram"
+    ):
+        LookupDrafter(max_ngram=1, min_ngram=2)
+    with pytest.raises(SpecfairError, match="draft.lookup.min_ngram=0"):
+        LookupDrafter(max_ngram=3, min_ngram=0)
+
+
+@pytest.fixture(scope="module")
+def target(tiny_llama):
+    return tiny_llama(2, vocab=16, layers=2, init=0.5)
+
+
+@pytest.mark.parametrize("gamma", [1, 3, 6])
+def test_greedy_lookup_is_lossless_and_matches_transformers_prompt_lookup(target, gamma):
+    drafter = LookupDrafter(max_ngram=2)
+    accepted = 0
+    for prompt in PROMPTS:
+        ids = torch.tensor([prompt])
+        plain = autoregressive_generate(target, ids, max_new_tokens=30)
+        out, stats = speculative_generate(target, drafter, ids, gamma=gamma, max_new_tokens=30)
+        hf = target.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=30,
+                             min_new_tokens=30, prompt_lookup_num_tokens=gamma, max_matching_ngram_size=2)  # fmt: skip
+        assert out.tolist() == plain.tolist() == hf[:, len(prompt) :].tolist(), prompt
+        assert stats.new_tokens == 30 and stats.blocks == stats.target_calls - 1
+        accepted += stats.accepted
+    assert accepted >= 20  # the premise: lookup's proposals are often right on this looping model
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p, n", [(1.0, None, None, 3000), (1.5, 6, 0.95, 3000)])
+def test_sampled_lookup_keeps_the_target_distribution(tiny_llama, temperature, top_k, top_p, n):
+    """q is one-hot: a proposal x is kept with probability p(x) and a rejection resamples from p without x."""
+    target = tiny_llama(0)  # vocab 8
+    prompt, steps = [1, 2, 1, 2, 1], 4
+    generator = torch.Generator().manual_seed(99)
+    samples, accepted, proposed = [], 0, 0
+    for _ in range(n):
+        out, stats = speculative_generate(target, LookupDrafter(max_ngram=2), torch.tensor([prompt]), gamma=2,
+                                          max_new_tokens=steps, temperature=temperature, top_k=top_k, top_p=top_p,
+                                          generator=generator)  # fmt: skip
+        samples.append(tuple(out[0].tolist()))
+        accepted, proposed = accepted + stats.accepted, proposed + stats.proposed
+    assert 0.05 < accepted / proposed < 0.95  # both the accept and the resample paths run
+    joint = exact_distribution(target, prompt, steps, temperature, top_k, top_p)
+    other = exact_distribution(target, prompt, steps, temperature * 2, top_k, top_p)
+    for positions in [(1,), (2,), (3,), (1, 2), (2, 3)]:
+        counts = {}
+        for s in samples:
+            key = tuple(s[i] for i in positions)
+            counts[key] = counts.get(key, 0) + 1
+        p = chi_square_p(counts, marginal(joint, positions), n)
+        assert p > 1e-3, f"positions {positions}: samples do not follow the target (p={p:.2g})"
+        power = chi_square_p(counts, marginal(other, positions), n)  # it could see a wrong distribution
+        assert power < 1e-4, f"positions {positions}: the test cannot tell T from 2T (p={power:.2g})"
+
+
+def test_lookup_replay_equals_decoding_counter_for_counter(target):
+    from specfair.decoding.continuations import generate_batch
+
+    # the model's own looping output as context, so that lookup proposes (and the target accepts) an EOS
+    looped = [p + autoregressive_generate(target, torch.tensor([p]), max_new_tokens=16)[0].tolist()[:cut]
+              for p in PROMPTS[2:4] for cut in (6, 9, 12)]  # fmt: skip
+    prompts = PROMPTS + looped
+    seen = {"empty": 0, "full": 0, "partial": 0, "eos_accepted": 0}
+    for eos_id in (3, 12):
+        eos = frozenset({eos_id})
+        for gamma in (1, 3, 6):
+            for max_new in (1, 9, 30):
+                ys = [
+                    c.tokens
+                    for c in generate_batch(target, prompts, max_new_tokens=max_new, vocab=16, eos=eos)
+                ]
+                for max_ngram, min_ngram in ((3, 1), (2, 2)):
+                    drafter = LookupDrafter(max_ngram=max_ngram, min_ngram=min_ngram)
+                    replayed = replay_greedy(drafter, prompts, ys, gamma=gamma, max_new_tokens=max_new, vocab=16,
+                                             eos=eos)  # fmt: skip
+                    for prompt, y, counters in zip(prompts, ys, replayed, strict=True):
+                        out, stats = speculative_generate(target, drafter, torch.tensor([prompt]), gamma=gamma,
+                                                          max_new_tokens=max_new, eos_token_id=eos_id)  # fmt: skip
+                        assert out[0].tolist() == y
+                        decoded = stats.as_dict()
+                        where = (prompt, gamma, max_new, max_ngram, eos_id)
+                        assert {k: counters[k] for k in REPLAYED_COUNTERS} == {
+                            k: decoded[k] for k in REPLAYED_COUNTERS
+                        }, where
+                        for g, a in zip(stats.proposed_lengths, stats.accept_lengths, strict=True):
+                            seen["empty"] += g == 0
+                            seen["full"] += a == g > 0
+                            seen["partial"] += a < g
+                        last = stats.accept_lengths[-1] if stats.blocks else 0
+                        seen["eos_accepted"] += bool(
+                            last and y[-1] == eos_id and stats.proposed_lengths[-1] == last
+                        )
+    assert all(v > 0 for v in seen.values()), seen  # every kind of block occurred
