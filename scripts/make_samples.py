@@ -95,6 +95,23 @@ def cnn_dm(n_eval=16, n_train=40):
     print("cnn_dm", len(out), "rows")
 
 
+def spec_bench(n=3):
+    """Spec-Bench questions (evaluation only: no split field), `n` per category by a seeded draw, copied
+    unchanged and kept in the file's order (hemingkx/Spec-Bench data/spec_bench/question.jsonl, Apache-2.0)."""
+    with open(SHARED / "spec_bench_question.jsonl", encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    by = defaultdict(list)
+    for index, line in enumerate(lines):
+        by[json.loads(line)["category"]].append(index)
+    keep = set()
+    for category, indices in by.items():
+        keep |= set(random.Random(f"sample:spec_bench:{category}").sample(indices, n))
+    with open(OUT / "spec_bench.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(lines[i] if lines[i].endswith("\n") else lines[i] + "\n" for i in sorted(keep))
+    print("spec_bench", len(keep), "rows")
+
+
 if __name__ == "__main__":
     main()
     cnn_dm()
+    spec_bench()

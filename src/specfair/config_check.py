@@ -115,6 +115,10 @@ DATASET: Schema = {
     "target_field": optional(TEXT),
     "category_field": optional(TEXT),  # null: categories from category_from
     "category_from": ANY,
+    "format": optional(one_of("spec_bench")),  # spec_bench: question files (data/spec_bench.py)
+    "full_path": optional(TEXT),  # spec_bench: the full file, used by source=auto when present
+    "turns": one_of(1, 2),  # spec_bench: 2 adds each question's second turn
+    "task_groups": optional(MAPPING),  # spec_bench: group_by=task folds these categories
     "group_by": ANY,
     "section_groups": ANY,
     "url_lists": ANY,
@@ -124,6 +128,8 @@ DATASET: Schema = {
     "train_template": TEXT,
     "chat": BOOL,
     "per_category": integer(1),
+    "split_seed": integer(0),  # one-pool datasets: the held-out cut (data/splits.py)
+    "held_out": either(integer(1), number(0, 1, above=True)),  # rows per category held out, or a share
     "prompt_tokens": integer(1),
     "train_per_category": optional(integer(1)),
     "imbalance": {
@@ -261,6 +267,7 @@ def check_config(cfg: DictConfig) -> None:
             check_node(cfg, group, schema)
     if "dataset" in cfg:
         check_dataset_file(cfg)
+        check_spec_bench(cfg)
     if "trainer" in cfg:
         check_trainer(cfg)
 
@@ -276,3 +283,33 @@ def check_dataset_file(cfg: DictConfig) -> None:
         )
     if path and not Path(path).is_file():
         raise SpecfairError(f"dataset.path={path}: no such file")
+
+
+def check_spec_bench(cfg: DictConfig) -> None:
+    """dataset.format=spec_bench: group_by and turns, the question file itself, and no training without
+    dataset.train_path (the benchmark has no training split)."""
+    from pathlib import Path
+
+    from specfair.data import spec_bench
+
+    d = cfg.dataset
+    turns = _value(cfg, "dataset.turns") if "turns" in d else 1
+    if not spec_bench.is_spec_bench(d):
+        if turns != 1:
+            raise SpecfairError(f"dataset.turns={turns}: only dataset=spec_bench has second turns")
+        return
+    spec_bench.group_by(d)
+    if _value(cfg, "dataset.source") == "hub":
+        raise SpecfairError(
+            f"dataset.source=hub: dataset={d.name} is not on the hub; expected one of auto, local, bundled"
+        )
+    training = cfg.get("task_name") == "train" and "train" in cfg and cfg.train.get("data") != "generalist"
+    train_path = _value(cfg, "dataset.train_path")
+    if training and not train_path:
+        raise SpecfairError(
+            f"dataset={d.name} has no training split (its questions are evaluation prompts only): train on "
+            "another dataset, or give training rows with dataset.train_path=<file> (text or turns, and category)"
+        )
+    if train_path and not Path(train_path).is_file():
+        raise SpecfairError(f"dataset.train_path={train_path}: no such file")
+    spec_bench.read_questions(spec_bench.question_file(d)[0])  # a bad question: one line, before models load

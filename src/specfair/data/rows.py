@@ -127,6 +127,10 @@ def read_hub(cfg: DictConfig, role: str) -> list[dict]:
 
 def load_pools(cfg: DictConfig) -> tuple[list[dict], list[dict] | None, str]:
     """Raw eval and train records and the source used; train is None when both come from one pool."""
+    if cfg.get("format") == "spec_bench":  # question files (turns, no training split): their own reader
+        from specfair.data import spec_bench
+
+        return spec_bench.load_pools(cfg)
     source = "local" if cfg.get("path") else cfg.get("source", "auto")
     if source not in ("auto", "hub", "local", "bundled"):
         raise SpecfairError(f"dataset.source={source!r}: expected auto, hub, local or bundled")
@@ -276,6 +280,10 @@ def categories_of(rows: list[Row], cfg: DictConfig) -> list[str]:
 
 def origin_of(cfg: DictConfig, source: str) -> str:
     """What error messages name as the rows' origin: the file or the hub id."""
+    if cfg.get("format") == "spec_bench":
+        from specfair.data import spec_bench
+
+        return spec_bench.origin(cfg, source)
     return str(cfg.get("path") or (cfg.hub.id if source == "hub" else cfg.get("bundled")))
 
 
