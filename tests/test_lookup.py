@@ -1,6 +1,8 @@
 """Prompt lookup (`draft=lookup`): the n-gram search, lossless decoding, exact sampling, replay == decoding,
 and the same tokens as transformers' own prompt lookup."""
 
+import json
+
 import pytest
 import torch
 from test_speculative import chi_square_p, exact_distribution, marginal
@@ -125,3 +127,48 @@ def test_lookup_replay_equals_decoding_counter_for_counter(target):
                             last and y[-1] == eos_id and stats.proposed_lengths[-1] == last
                         )
     assert all(v > 0 for v in seen.values()), seen  # every kind of block occurred
+
+
+def test_evaluate_with_lookup_is_lossless_and_replay_equals_decoding(tmp_path):
+    """`evaluate.py draft=lookup` on the real embedded target: decode (lossless), then replay of the same
+    prompts counted against it."""
+    from test_evaluate import run_evaluate
+
+    small = [
+        "draft=lookup",
+        "dataset=cnn_dm",
+        "dataset.per_category=1",
+        "spec.max_new_tokens=24",
+        "logger=none",
+    ]
+    decoded = run_evaluate(*small, f"hydra.run.dir={tmp_path / 'decode'}")
+    assert decoded.returncode == 0, decoded.stderr[-3000:]
+    summary = json.loads((tmp_path / "decode" / "summary.json").read_text())
+    assert summary["lossless_mismatches"] == 0 and summary["draft"]["name"] == "lookup"
+    assert summary["overall"]["accepted"] > 0 and summary["draft_layers"] == 0
+    replayed = run_evaluate(*small, "mode=replay", f"compare_to={tmp_path / 'decode'}",
+                            f"hydra.run.dir={tmp_path / 'replay'}")  # fmt: skip
+    assert replayed.returncode == 0, replayed.stderr[-3000:]
+    again = json.loads((tmp_path / "replay" / "summary.json").read_text())
+    assert again["replay_mismatches"] == 0 and again["overall"]["accepted"] == summary["overall"]["accepted"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["draft.lookup.max_ngram=1", "draft.lookup.min_ngram=2"],
+            "draft.lookup.max_ngram=1: expected an integer",
+        ),
+        (["draft.vocab_size=512"], "draft.vocab_size: draft=lookup has no model to prune or quantize"),
+        (["mode=replay", "spec.temperature=1"], "draft=lookup: sampled replay needs"),
+    ],
+)
+def test_bad_lookup_settings_are_one_line(tmp_path, overrides, message):
+    from test_evaluate import run_evaluate
+
+    result = run_evaluate("draft=lookup", "logger=none", *overrides, f"hydra.run.dir={tmp_path}")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and message in lines[-1] and lines[-1].startswith("error:"), result.stderr[
+        -2000:
+    ]

@@ -92,6 +92,7 @@ DRAFT: Schema = {
     "recipe": TEXT,
     "vocab_size": optional(integer(1)),
     "quantize": optional(one_of("int8")),
+    "lookup": {"max_ngram": integer(1), "min_ngram": integer(1)},  # draft=lookup: prompt lookup's n-grams
 }
 PAIR: Schema = {
     "name": TEXT,

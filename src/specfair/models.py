@@ -32,12 +32,14 @@ _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 @dataclass
 class Pair:
     target: PreTrainedModel
-    draft: PreTrainedModel
+    draft: PreTrainedModel | None  # None: a drafter without a model (draft=lookup)
     tokenizer: PreTrainedTokenizerBase
 
     @property
     def vocab_size(self) -> int:
         """Ids both models score and the tokenizer knows; padding rows are never compared or sampled."""
+        if self.draft is None:
+            return min(head_rows(self.target), len(self.tokenizer))
         return shared_vocab_size(self.target, self.draft, len(self.tokenizer))
 
 
@@ -130,6 +132,7 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
         raise SpecfairError(f"cannot load tokenizer {name!r}: {_first_line(err)}") from None
 
 
+MODEL_FREE_DRAFTS = ("lookup",)  # drafters that load no model (decoding/drafters.py)
 TRUNCATED_LAYERS = 4  # a draft cut from the target when draft.num_layers is null
 
 
@@ -215,10 +218,13 @@ def check_finetuned(path: Path, pair_cfg, draft_cfg) -> None:
 
 def load_pair(pair_cfg, draft_cfg, device: str | torch.device = "cpu") -> Pair:
     """Target from `pair.target`; draft from `draft.path`, else `pair.draft` (either cut to its first
-    `draft.num_layers` layers when that is set), else the target's first `draft.num_layers` (default 4) layers."""
+    `draft.num_layers` layers when that is set), else the target's first `draft.num_layers` (default 4) layers;
+    no draft for a model-free drafter (`draft=lookup`)."""
     dtype = resolve_dtype(pair_cfg.get("dtype", "auto"), device)
     target = load_model(pair_cfg.target, dtype)
     tokenizer = load_tokenizer(pair_cfg.get("tokenizer") or pair_cfg.target)
+    if draft_cfg.get("name") in MODEL_FREE_DRAFTS:
+        return Pair(target.to(device), None, tokenizer)
     draft_source = draft_cfg.get("path") or pair_cfg.get("draft")
     if draft_cfg.get("path"):
         check_finetuned(Path(draft_cfg.path), pair_cfg, draft_cfg)

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from specfair.data.rows import Prompt
 from specfair.decoding.adaptive import GammaPolicy, measure_costs
 from specfair.decoding.continuations import ContinuationCache, continuations, prompt_generator
+from specfair.decoding.drafters import build_drafter
 from specfair.decoding.engine import DecodeStats, autoregressive_generate, eos_set, now, speculative_generate
 from specfair.decoding.replay import REPLAYED_COUNTERS, expected_acceptance, replay_greedy
 from specfair.evaluation.acceptance import CategoryAcceptance
@@ -45,7 +46,8 @@ class EvalModule(pl.LightningModule):
     def __init__(self, pair: Pair, prompts: list[Prompt], categories: list[str], spec: dict, seed: int,
                  out_dir: str | Path, meta: dict):  # fmt: skip
         super().__init__()
-        self.target, self.draft = pair.target, pair.draft
+        self.target, self.draft = pair.target, pair.draft  # registered, so Lightning moves the draft too
+        self.drafter = build_drafter(pair.draft, meta["draft"])
         self.vocab = pair.vocab_size
         self.eos = eos_set(pair.tokenizer.eos_token_id)
         self.eos_token_id = pair.tokenizer.eos_token_id
@@ -145,7 +147,7 @@ class DecodeModule(EvalModule):
         start = now(self.device)
         if speculative:
             out, stats = speculative_generate(
-                self.target, self.draft, ids, gamma=self.spec["gamma"],
+                self.target, self.drafter, ids, gamma=self.spec["gamma"],
                 confidence_threshold=self.spec.get("confidence_threshold"), gamma_policy=self.gamma_policy,
                 **kwargs,
             )  # fmt: skip
@@ -167,7 +169,7 @@ class DecodeModule(EvalModule):
             self._generate(warm, 0, speculative, warm_tokens)
         if self.spec.get("gamma_auto"):
             self.gamma_policy = measure_costs(
-                self.target, self.draft, self.prompts[0].input_ids, self.spec["gamma"]
+                self.target, self.drafter, self.prompts[0].input_ids, self.spec["gamma"]
             )
             log.info("spec.gamma=auto: c = %.3f, v(k) = %s for k = 1..%d", self.gamma_policy.c,
                      " ".join(f"{v:.2f}" for v in self.gamma_policy.verify), self.spec["gamma"] + 1)  # fmt: skip
@@ -230,7 +232,7 @@ class ReplayModule(EvalModule):
         self.generated += made
         ys = [c.tokens for c in conts]
         if t == 0:
-            results = replay_greedy(self.draft, prompts, ys, gamma=self.spec["gamma"], vocab=self.vocab,
+            results = replay_greedy(self.drafter, prompts, ys, gamma=self.spec["gamma"], vocab=self.vocab,
                                     max_new_tokens=self.spec["max_new_tokens"], eos=self.eos)  # fmt: skip
         else:
             expected = expected_acceptance(self.draft, prompts, conts, vocab=self.vocab, **sampling)

@@ -12,15 +12,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from specfair.analysis.comparisons import pairing_mismatch
+from specfair.data import spec_bench
 from specfair.data.prompts import tokenize_prompts, train_text
 from specfair.data.rows import Prompt
 from specfair.data.splits import build_splits
 from specfair.decoding.continuations import ContinuationCache, weights_fingerprint
+from specfair.decoding.drafters import build_drafter
 from specfair.decoding.engine import check_generation_args, eos_set
 from specfair.errors import SpecfairError
 from specfair.evaluation import resume
 from specfair.evaluation.module import DecodeModule, ReplayModule
-from specfair.models import Pair, load_pair
+from specfair.models import MODEL_FREE_DRAFTS, Pair, load_pair
 from specfair.records import find_train_summary, load_samples, load_summary
 from specfair.tracking import log_evaluation
 from specfair.vocab import (
@@ -97,6 +99,11 @@ def check_mode(cfg: DictConfig, spec: dict) -> str:
         raise SpecfairError(
             f"spec.batch_size={spec.get('batch_size')}: must be >= 1 (prompts per replay batch)"
         )
+    if mode == "replay" and spec["temperature"] > 0 and cfg.draft.get("name") in MODEL_FREE_DRAFTS:
+        raise SpecfairError(
+            f"draft={cfg.draft.name}: sampled replay needs the draft's distribution along the target's samples, "
+            "which a model-free drafter defines only inside blocks; use mode=decode or spec.temperature=0"
+        )
     if cfg.get("compare_to") and (mode != "replay" or spec["temperature"] > 0):
         raise SpecfairError(
             f"compare_to={cfg.compare_to}: only a greedy replay (mode=replay spec.temperature=0) has counters "
@@ -120,7 +127,11 @@ def load_prompts(cfg: DictConfig, pair: Pair, spec: dict):
         log.info("training texts per category (rows/tokens): %s", counts)
     context = getattr(pair.target.config, "max_position_embeddings", None) or 1 << 30
     max_prompt = context - spec["max_new_tokens"] - spec["gamma"] - 1
-    return splits, tokenize_prompts(splits.eval, tokenizer, cfg.dataset, max_prompt)
+    prompts = tokenize_prompts(splits.eval, tokenizer, cfg.dataset, max_prompt)
+    if int(cfg.dataset.get("turns") or 1) == 2:  # Spec-Bench's second turn, after the target's own answer
+        answer = spec_bench.greedy_answer(pair.target, tokenizer, pair.vocab_size, spec["max_new_tokens"])
+        prompts = spec_bench.with_turns(prompts, cfg.dataset, tokenizer, answer, max_prompt)
+    return splits, prompts
 
 
 def draft_options(cfg: DictConfig, pair: Pair, splits) -> dict | None:
@@ -129,6 +140,11 @@ def draft_options(cfg: DictConfig, pair: Pair, splits) -> dict | None:
     size, quantize = cfg.draft.get("vocab_size"), cfg.draft.get("quantize")
     if not size and not quantize:
         return None
+    if pair.draft is None:
+        option = "draft.vocab_size" if size else "draft.quantize"
+        raise SpecfairError(
+            f"{option}: draft={cfg.draft.name} has no model to prune or quantize; leave it null"
+        )
     options: dict = {"vocab_size": size, "quantize": quantize}
     if size:
         tokens = pair.vocab_size
@@ -158,6 +174,8 @@ def run_meta(cfg, mode, splits, prompts, pair, spec, world_size) -> dict:
             "categories": splits.categories,
             "per_category": int(cfg.dataset.per_category),
             "prompt_tokens": int(cfg.dataset.prompt_tokens),
+            "turns": int(cfg.dataset.get("turns") or 1),
+            "group_by": cfg.dataset.get("group_by"),
             "prompts": len(prompts),
             "train_counts": splits.train_counts,
         },  # fmt: skip
@@ -174,7 +192,7 @@ def run_meta(cfg, mode, splits, prompts, pair, spec, world_size) -> dict:
         "dtype": str(pair.target.dtype).removeprefix("torch."),
         "world_size": world_size,
         "target_layers": pair.target.config.num_hidden_layers,
-        "draft_layers": pair.draft.config.num_hidden_layers,
+        "draft_layers": pair.draft.config.num_hidden_layers if pair.draft is not None else 0,
     }
 
 
@@ -235,6 +253,8 @@ def evaluate(cfg: DictConfig) -> dict | None:
         **{k: v for k, v in spec.items() if k not in ("batch_size", "compile", "gamma_auto")}
     )
     mode = check_mode(cfg, spec)
+    if cfg.draft.get("name") in MODEL_FREE_DRAFTS:
+        build_drafter(None, cfg.draft)  # its settings are checked before any model loads
     out_dir = Path(cfg.paths.output_dir)
     pair = load_pair(cfg.pair, cfg.draft, device_hint(cfg.trainer))
     splits, prompts = load_prompts(cfg, pair, spec)
