@@ -39,7 +39,13 @@ def local_cfg(dataset_cfg):
 
 def _local_cfg(dataset_cfg, path, **fields):
     """conf/dataset/local.yaml pointed at a file, with field settings as a user would override them."""
-    return OmegaConf.merge(dataset_cfg("local", path=str(path)), fields)
+    return with_keys(dataset_cfg("local", path=str(path)), **fields)
+
+
+def with_keys(cfg, **fields):
+    """A copy of a composed (struct) config with `fields` set, keys it may not declare yet included."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    return OmegaConf.merge(cfg, fields)
 
 
 @pytest.mark.parametrize("name", sorted(BUNDLED))
@@ -272,9 +278,11 @@ def test_token_budget_holds_the_total_fixed_as_the_ratio_varies(dataset_cfg):
 def test_single_file_holds_prompts_out_of_training(local_cfg, tmp_path):
     rows = [{"text": f"text number {i}", "label": "x" if i % 2 else "y"} for i in range(40)]
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
-    cfg = local_cfg(path, text_field="text", category_field="label", per_category=5)
+    cfg = local_cfg(path, text_field="text", category_field="label", per_category=5, held_out=5)
     splits = build_splits(cfg, seed=0)
     assert len(splits.eval) == 10 and len(splits.train) == 30
+    everything = build_splits(with_keys(cfg, held_out=50), seed=0)  # the default: 50 a category
+    assert len(everything.eval) == 10 and not everything.train  # 20 a category: all held out
     assert not {r.id for r in splits.eval} & {r.id for r in splits.train}
     with pytest.raises(SpecfairError, match="also appear in the training texts"):
         check_disjoint(splits.eval, splits.eval[:1])
@@ -295,9 +303,9 @@ def test_hub_code_path_on_a_local_dataset_folder(dataset_cfg, tmp_path, real_pai
     ]
     write_jsonl(folder / "train.jsonl", rows)
     cfg = dataset_cfg("dolly", source="hub", per_category=4, **{"hub.id": str(folder)})
-    splits = build_splits(cfg, seed=0)
+    splits = build_splits(with_keys(cfg, held_out=4), seed=0)
     assert splits.source == "hub" and splits.categories == ["open_qa", "summarization"]
-    assert len(splits.eval) == 8 and len(splits.train) == 22  # one split: prompts are held out
+    assert len(splits.eval) == 8 and len(splits.train) == 22  # one split: held-out rows are not trained on
     prompts = tokenize_prompts(splits.eval, real_pair.tokenizer, cfg, max_prompt_tokens=10_000)
     start = real_pair.tokenizer("<|im_start|>user", add_special_tokens=False)["input_ids"]
     assert any(p.input_ids[: len(start)] == start or start[0] in p.input_ids[:3] for p in prompts)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from specfair.analysis import exposure, imbalance, sentences, tables
+from specfair.analysis.format import num
 from specfair.data.splits import imbalance_counts
 
 CATEGORIES = ["a", "b", "c", "d"]
@@ -99,7 +100,13 @@ def test_delta_and_head_minus_rest_recovered_with_intervals_and_detectable_effec
     md = "\n".join(tables.imbalance_section(result))
     assert "| kd_short@generalist | natural | all | 24 | " in md and "runs and prompts" in md
     # no rank correlation pooled over runs × categories: only the rank test that reassigns the runs' mixes
-    assert md.count("Spearman") == 1 and "Rank test (mean per-run Spearman" in md
+    assert (
+        "rank test p: δ (rank ρ) |" in md and "head − rest detectable ≥ |" in md and "δ detectable ≥ |" in md
+    )
+    for c in result["conditions"]:
+        t = c["rank_test"]
+        assert f"| {num(t['delta']['p_value'])} ({num(t['p_value'])}), over all runs |" in md
+    assert "Rank test (mean per-run Spearman" in md  # the sentence, on the Spearman variant
 
 
 def test_interval_covers_the_true_delta_in_most_simulations():
@@ -315,11 +322,50 @@ def test_rotation_rank_test_rejects_with_six_categories_and_not_without_an_effec
         exposure.Panel(ease + 0.02 * x + rng.normal(0, 0.01, (6, 6)), x, np.arange(6))
     )
     assert follows["exact"] and follows["smallest_p"] == pytest.approx(1 / 720)
-    assert follows["rho"] > 0.5 and follows["p_value"] < 0.01
+    assert follows["delta"]["value"] > 0.01 and follows["delta"]["p_value"] < 0.01
+    assert follows["rho"] > 0.5 and follows["p_value"] < 0.01  # the Spearman variant
     flat = exposure.rotation_test(exposure.Panel(ease + rng.normal(0, 0.01, (6, 6)), x, np.arange(6)))
-    assert flat["p_value"] > 0.05
+    assert flat["p_value"] > 0.05 and flat["delta"]["p_value"] > 0.05
     same_mix = exposure.Panel(rng.normal(size=(3, 6)), np.log(np.full((3, 6), 1 / 6)), np.zeros(3, int))
     assert exposure.rotation_test(same_mix)["p_value"] is None
+
+
+def rotation_panel(rng, delta=0.0, seeds=3, k=4, ratio=100):
+    """seeds × k rotations of an exponential mix over k categories: ease, a seed effect, a run effect,
+    training noise per category, and δ·log share."""
+    shares = np.array([ratio ** (-i / (k - 1)) for i in range(k)])
+    x = np.log(np.array([np.roll(shares / shares.sum(), h) for _ in range(seeds) for h in range(k)]))
+    runs = seeds * k
+    seed_effect = np.repeat(rng.normal(0, 0.02, seeds), k)[:, None]
+    gains = rng.normal(0, 0.03, k) + seed_effect + rng.normal(0, 0.01, (runs, 1)) + delta * x
+    gains = gains + rng.normal(0, 0.01, (runs, k))
+    return exposure.Panel(gains, x, np.tile(np.arange(k), seeds)), np.repeat(np.arange(seeds), k)
+
+
+def test_delta_permuted_within_seeds_has_nominal_size_where_spearman_is_conservative():
+    """Under no effect (3 seeds × 4 rotations, 4 categories), δ's p is near uniform; Spearman's is not."""
+    rng = np.random.default_rng(29)
+    p = {"delta": [], "spearman": []}
+    for _ in range(150):
+        panel, seeds = rotation_panel(rng)
+        test = exposure.rotation_test(panel, permutations=300, seeds=seeds)
+        assert test["within"] == "seeds" and not test["exact"]
+        p["delta"].append(test["delta"]["p_value"])
+        p["spearman"].append(test["p_value"])
+    delta, spearman = np.array(p["delta"]), np.array(p["spearman"])
+    assert 0.45 < delta.mean() < 0.55 and 0.02 <= (delta <= 0.05).mean() <= 0.09
+    assert spearman.mean() > delta.mean() + 0.03  # conservative: its null p runs high
+
+
+def test_within_seed_reassignments_keep_every_seeds_mixes():
+    panel, seeds = rotation_panel(np.random.default_rng(4), delta=0.01, seeds=2, k=3)
+    test = exposure.rotation_test(panel, seeds=seeds)
+    assert test["exact"] and test["smallest_p"] == pytest.approx(1 / 36)  # 3! within each of 2 seeds
+    assert exposure.rotation_test(panel)["smallest_p"] == pytest.approx(1 / 90)  # 6! / (2! 2! 2!) over all
+    orders, exact = exposure._reassignments(exposure._blocks(6, seeds), 6, 10_000, 0)
+    assert exact and len(orders) == 36 and all(set(o[:3]) == {0, 1, 2} for o in orders)
+    one_each = exposure.rotation_test(panel, seeds=range(6))
+    assert one_each["p_value"] is None and "within seeds" in one_each["why"]
 
 
 def test_report_gives_the_rank_test_per_ratio_and_none_at_equal_shares():
@@ -327,6 +373,7 @@ def test_report_gives_the_rank_test_per_ratio_and_none_at_equal_shares():
     by_ratio = {c["ratio"]: c for c in result["conditions"]}
     assert by_ratio[1]["rank_test"] is None
     test = by_ratio[100]["rank_test"]
+    assert test["delta"]["value"] > 0 and test["delta"]["p_value"] < 0.05
     assert test["rho"] > 0 and test["p_value"] < 0.05 and not test["exact"] and test["runs"] == 8
     assert f"{test['rho']:+.2f} at rho=100, p = {test['p_value']:.3g} (8 runs" in " ".join(
         result["sentences"]

@@ -82,6 +82,12 @@ def test_train_py_exports_a_draft_that_evaluate_and_transformers_load(tmp_path):
     assert set(summary.data["train_counts"]) == {"World", "Sports", "Business", "Sci/Tech"}
     assert 0 < summary.val_before["expected_alpha"] < 1 and "expected_alpha/World" in summary.val_after
     assert load_train_summary(tmp_path / "train").to_dict() == summary.to_dict()
+    from specfair.training.run import load_train_ids  # the training rows' ids, beside train_summary.json
+
+    trained = load_train_ids(folder)
+    assert len(trained) == sum(v["rows"] for v in summary.data["train_counts"].values())
+    assert all(len(i) == 16 for i in trained) and load_train_ids(tmp_path / "train") == trained
+    assert summary.data["held_out"] == {"split_seed": 0, "held_out": 50}
     assert list((tmp_path / "train" / "wandb").glob("offline-run-*"))
     assert (tmp_path / "train" / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "train" / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
@@ -133,6 +139,9 @@ def test_train_py_exports_a_draft_that_evaluate_and_transformers_load(tmp_path):
 
     evaluated = load_summary(out)
     assert evaluated.draft["name"] == "finetuned" and evaluated.lossless_mismatches == 0
+    from specfair.records import load_samples
+
+    assert not trained & {r["id"] for r in load_samples(out)}  # no evaluation prompt among its training rows
     result = run(  # the exported draft cut to its first 2 layers (issue 14: a cheaper draft step)
         "evaluate.py", *common, "draft=finetuned", "draft.num_layers=2", "spec.max_new_tokens=6",
         "logger=none", f"hydra.run.dir={tmp_path / 'cut'}",

@@ -63,6 +63,16 @@ def _estimate_cells(d: Mapping) -> str:
     return f"{interval(d, sign=True)} | {num(d['mde'])} | {d['over']}"
 
 
+def _rank_test_cell(test: Mapping | None) -> str:
+    """`p (Spearman's p)` of a condition's permutation test; the reason where none was run, — for none."""
+    if not test:
+        return "—"
+    if not test.get("delta"):
+        return f"n/a ({test.get('why', 'no test')})"
+    within = "" if test.get("within") == "seeds" else ", over all runs"
+    return f"{num(test['delta']['p_value'])} ({num(test['p_value'])}){within}"
+
+
 def imbalance_section(result: Mapping) -> list[str]:
     """Sentences, what limits them, gain by data rank and head − rest per condition, then δ per condition
     (and pooled over ratios) with 95% CIs and minimum detectable effects, then the plot."""
@@ -75,7 +85,7 @@ def imbalance_section(result: Mapping) -> list[str]:
     lines += [
         "| arm | sampling | rho | runs | "
         + " | ".join(ranks)
-        + " | head − rest [95% CI] | detectable ≥ | CI over | head − rest, training validation |",
+        + " | head − rest [95% CI] | head − rest detectable ≥ | CI over | head − rest, training validation |",
         "|---" * (k + 8) + "|",
     ]
     for c in result["conditions"]:
@@ -88,18 +98,24 @@ def imbalance_section(result: Mapping) -> list[str]:
         lines += ["", "\\* a head rotation is missing: head − rest over the rotations present (see above)."]
     lines += [
         "",
-        "δ: a category's alpha gain per unit of log share of the training tokens it had, with category and run "
-        "effects removed (`analysis/exposure.py`); detectable ≥: the smallest |δ| found 80% of the time at "
-        "two-sided 5%.",
+        "head − rest detectable ≥ (above) and δ detectable ≥ (below): the smallest |head − rest| and the "
+        "smallest |δ| found 80% of the time at two-sided 5%, each from its own standard error; they are on "
+        "different scales (at rho = 100 over 4 categories, head − rest ≈ 3.1·δ).",
         "",
-        "| arm | sampling | rho | runs | δ [95% CI] | detectable ≥ | CI over |",
-        "|---|---|---|---|---|---|---|",
+        "δ: a category's alpha gain per unit of log share of the training tokens it had, with category and run "
+        "effects removed (`analysis/exposure.py`). Rank test p: which run got which mix reassigned (within "
+        "seeds where the runs' seeds are known), δ itself as the statistic; in brackets the same test on the "
+        "mean per-run rank correlation ρ the sentences quote, conservative with few categories.",
+        "",
+        "| arm | sampling | rho | runs | δ [95% CI] | δ detectable ≥ | CI over | rank test p: δ (rank ρ) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     rows = [(c, f"{c['ratio']:g}") for c in result["conditions"]]
     rows += [(p, "all") for p in result.get("pooled", [])]
     for c, rho in sorted(rows, key=lambda t: (t[0]["arm"], t[0]["sampling"] != "natural")):
         lines.append(
-            f"| {c['arm']} | {c['sampling']} | {rho} | {c['runs']} | {_estimate_cells(c['delta'])} |"
+            f"| {c['arm']} | {c['sampling']} | {rho} | {c['runs']} | {_estimate_cells(c['delta'])} "
+            f"| {_rank_test_cell(c.get('rank_test'))} |"
         )
     lines += [
         "",
@@ -152,8 +168,19 @@ def transfer_section(m: Mapping) -> list[str]:
     return lines
 
 
+def _group_cell(c: Mapping | None, sign: bool) -> str:
+    """`pooled [95% CI] (seed values)`, † where the interval is over prompts alone, — where not measured."""
+    if not c:
+        return "—"
+    text = interval(c, sign=sign)
+    per_seed = c.get("per_seed") or []
+    if len(per_seed) > 1:
+        text += " (" + ", ".join(num(v, sign=sign) for v in per_seed) + ")"
+    return text + ("†" if c.get("over") == "prompts" else "")
+
+
 def _group_table(entries: Mapping[str, Mapping], key: str, sign: bool) -> list[str]:
-    """Rows: groups (seeds pooled); columns: datasets; cells: `key`'s interval, "—" where not measured."""
+    """Rows: groups (seeds pooled); columns: datasets; cells: `key`'s interval and each seed's value."""
     datasets = [d for d, e in entries.items() if key in e]
     groups = list(dict.fromkeys(g for d in datasets for g in entries[d][key]))
     if not groups:
@@ -162,9 +189,7 @@ def _group_table(entries: Mapping[str, Mapping], key: str, sign: bool) -> list[s
     for g in groups:
         cells = [entries[d][key].get(g) for d in datasets]
         seeds = max((c["seeds"][0] for c in cells if c), default=0)
-        lines.append(
-            f"| {g} ({seeds}) | " + " | ".join(interval(c, sign=sign) if c else "—" for c in cells) + " |"
-        )
+        lines.append(f"| {g} ({seeds}) | " + " | ".join(_group_cell(c, sign) for c in cells) + " |")
     return lines + [""]
 
 
@@ -174,8 +199,10 @@ def arms_section(result: Mapping) -> list[str]:
     lines = [
         "## Arms and seeds",
         "",
-        "Each cell pools a draft's seeds (count in brackets): mean over seeds of alpha on the same prompts, "
-        "95% CI from a bootstrap over seeds and prompts (`analysis/arms.py`).",
+        "Each cell pools a draft's seeds (count after its name): mean over seeds of alpha on the same prompts, "
+        "then each seed's own value in parentheses (a gain: that seed minus the reference's mean). 95% CI "
+        "t-based over seeds (t with n − 1 df on the seeds' spread) combined with a prompt bootstrap "
+        "(`analysis/arms.py`); † one seed in every group: over prompts alone, seed variance unknown.",
         "",
         "### alpha",
         "",

@@ -1,12 +1,20 @@
 """Balanced evaluation prompts and disjoint training texts, imbalanced on request (the Q2 lever).
 
 Selections are seeded shuffles per category, so the same seed gives the same prompt ids on any machine.
+
+A dataset given as one pool (a single local file without a split field, or a hub dataset whose training and
+evaluation splits are one) is cut once, per category, into a held-out part and training candidates by
+`dataset.split_seed` and `dataset.held_out` alone. Neither the run's seed nor `dataset.per_category` enters
+that cut: were they to, a draft trained with seed 1 (or fewer prompts) would train on prompts an evaluation
+with seed 0 (or more prompts) uses. Evaluation takes the first `per_category` rows of the held-out part.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
+from collections import Counter
 
 from omegaconf import DictConfig
 
@@ -14,6 +22,9 @@ from specfair.data.rows import Row, Splits, categories_of, load_pools, origin_of
 from specfair.errors import SpecfairError
 
 log = logging.getLogger(__name__)
+
+SPLIT_SEED = 0  # dataset.split_seed where a config does not set it
+HELD_OUT = 50  # dataset.held_out where a config does not set it: rows per category (emotion_full: 50 prompts)
 
 
 def _shuffled(rows: list[Row], category: str, seed: int, salt: str) -> list[Row]:
@@ -28,16 +39,20 @@ def select_prompts(rows: list[Row], categories: list[str], per_category: int, se
         raise SpecfairError(f"dataset.per_category={per_category}: must be >= 1")
     chosen = []
     for category in categories:
-        unique = _shuffled(rows, category, seed, "eval")
-        if len(unique) < per_category:
-            log.warning(
-                "category %r has %d rows, fewer than dataset.per_category=%d: using all of them",
-                category,
-                len(unique),
-                per_category,
-            )
-        chosen.extend(unique[:per_category])
+        chosen.extend(_first(_shuffled(rows, category, seed, "eval"), category, per_category))
     return chosen
+
+
+def _first(rows: list[Row], category: str, per_category: int) -> list[Row]:
+    """The first per_category rows; all of them, with a warning, when the category has fewer."""
+    if len(rows) < per_category:
+        log.warning(
+            "category %r has %d rows, fewer than dataset.per_category=%d: using all of them",
+            category,
+            len(rows),
+            per_category,
+        )
+    return rows[:per_category]
 
 
 def imbalance_counts(categories: list[str], n_max: int, imbalance: DictConfig | dict) -> dict[str, int]:
@@ -143,17 +158,92 @@ def build_splits(cfg: DictConfig, seed: int, count_tokens=None) -> Splits:
             eval_pool, train_pool, int(cfg.get("min_category_rows", 0))
         )
     categories = categories_of(eval_pool, cfg)
-    eval_rows = select_prompts(eval_pool, categories, int(cfg.per_category), seed)
-    held_out = {r.id for r in eval_rows} if train_pool is None else {r.id for r in eval_pool}
-    candidates = [r for r in (train_pool if train_pool is not None else eval_pool) if r.id not in held_out]
-    dropped = len(train_pool or []) - len(candidates) if train_pool is not None else 0
-    if dropped:
-        log.info("dropped %d training texts that also occur among the evaluation texts", dropped)
+    if train_pool is None:
+        eval_rows, candidates = _one_pool(eval_pool, categories, cfg)
+    else:
+        eval_rows = select_prompts(eval_pool, categories, int(cfg.per_category), seed)
+        held_out = {r.id for r in eval_pool}
+        candidates = [r for r in train_pool if r.id not in held_out]
+        if len(train_pool) - len(candidates):
+            log.info(
+                "dropped %d training texts that also occur among the evaluation texts",
+                len(train_pool) - len(candidates),
+            )
     train_rows, counts = [], {}
     if candidates:
         train_rows, counts = select_training(candidates, categories, cfg, seed, count_tokens)
     check_disjoint(eval_rows, train_rows)
     return Splits(source, categories, eval_rows, train_rows, counts)
+
+
+def held_out_settings(cfg: DictConfig) -> dict:
+    """{split_seed, held_out} as a single-pool dataset's cut uses them, for the summaries to record: a draft
+    and an evaluation agree on which rows are held out only when these agree."""
+    return {
+        "split_seed": int(cfg.get("split_seed", SPLIT_SEED)),
+        "held_out": cfg.get("held_out", HELD_OUT),
+    }
+
+
+def held_out_count(held_out, rows: int) -> int:
+    """Rows of a category of `rows` held out: an integer is a count, a float in (0, 1) a fraction (rounded
+    up); never more than the category has."""
+    if isinstance(held_out, bool) or not isinstance(held_out, int | float) or held_out <= 0:
+        raise SpecfairError(
+            f"dataset.held_out={held_out!r}: expected rows per category (an integer >= 1) or a fraction in (0, 1)"
+        )
+    if isinstance(held_out, float) and held_out < 1:
+        return min(rows, math.ceil(held_out * rows))
+    if held_out != int(held_out):
+        raise SpecfairError(f"dataset.held_out={held_out!r}: a count must be a whole number")
+    return min(rows, int(held_out))
+
+
+def hold_out(
+    pool: list[Row], categories: list[str], cfg: DictConfig
+) -> tuple[dict[str, list[Row]], list[Row]]:
+    """({category: held-out rows, in shuffle order}, training candidates) of a single pool.
+
+    The shuffle is keyed by `dataset.split_seed` and the salt "eval" only, so split_seed 0 holds out exactly
+    the rows the seed-0 evaluation drew before the cut existed (earlier seed-0 runs keep their prompts).
+    """
+    settings = held_out_settings(cfg)
+    held = {}
+    for category in categories:
+        rows = _shuffled(pool, category, settings["split_seed"], "eval")
+        held[category] = rows[: held_out_count(settings["held_out"], len(rows))]
+    taken = {r.id for rows in held.values() for r in rows}  # a text filed under two labels stays out of both
+    candidates = [
+        r for r in pool if r.id not in taken
+    ]  # in file order, which the training shuffle starts from
+    for category in categories:
+        if not any(r.category == category for r in candidates):
+            log.info("category %r: every row held out for evaluation, none left for training", category)
+    return held, candidates
+
+
+def _one_pool(pool: list[Row], categories: list[str], cfg: DictConfig) -> tuple[list[Row], list[Row]]:
+    """(evaluation rows, training candidates) of a single pool: the first per_category held-out rows.
+
+    A per_category beyond what dataset.held_out holds out is refused: taking prompts from the training
+    candidates would put rows some draft trained on into the evaluation. A category too small to fill
+    per_category at all warns and uses every row, as `select_prompts` does.
+    """
+    per_category = int(cfg.per_category)
+    if per_category < 1:
+        raise SpecfairError(f"dataset.per_category={per_category}: must be >= 1")
+    held, candidates = hold_out(pool, categories, cfg)
+    left = Counter(r.category for r in candidates)
+    eval_rows = []
+    for category, rows in held.items():
+        if len(rows) < per_category and left[category]:
+            raise SpecfairError(
+                f"dataset.per_category={per_category} exceeds the {len(rows)} rows dataset.held_out="
+                f"{held_out_settings(cfg)['held_out']} holds out of category {category!r}: lower "
+                "dataset.per_category, or raise dataset.held_out and retrain the drafts"
+            )
+        eval_rows += _first(rows, category, per_category)
+    return eval_rows, candidates
 
 
 def _fold_small_groups(eval_pool, train_pool, min_rows):

@@ -2,7 +2,8 @@
 
 Validation (expected alpha per category on held-out texts) runs before the first step and every
 `train.val_every` steps; the exported draft lands at `${paths.ckpt_dir}/<pair>/<dataset>/<train.name>/draft`
-where `evaluate.py draft=finetuned` finds it, with `train_summary.json` (records.TrainSummary) beside it.
+where `evaluate.py draft=finetuned` finds it, with `train_summary.json` (records.TrainSummary) and
+`train_ids.txt` (the ids of the dataset rows in its training mix, one a line) beside it.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from specfair.data.splits import held_out_settings
 from specfair.decoding.engine import eos_set
 from specfair.errors import SpecfairError
 from specfair.models import load_pair
-from specfair.records import TrainSummary, load_train_summary, save_json, settings_conflict
+from specfair.records import TrainSummary, load_train_summary, save_json, settings_conflict, write_atomic
 from specfair.tracking import lightning_logger
 from specfair.training.datamodule import DraftDataModule, TrainTexts
 from specfair.training.losses import DIVERGENCES, OBJECTIVES
@@ -30,6 +32,7 @@ from specfair.vocab import check_size, frequent_ids, save_id_map
 log = logging.getLogger(__name__)
 
 DATA_SOURCES = ("text", "target", "generalist")
+TRAIN_IDS = "train_ids.txt"
 
 
 class SaveOnInterrupt(Callback):
@@ -146,8 +149,35 @@ def train(cfg: DictConfig) -> TrainSummary | None:
     if not trainer.is_global_zero:
         return None
     summary = summarize(cfg, module, datamodule.texts, checkpoint.best_model_path, trainer.global_step)
-    export(cfg, module, pair.tokenizer, summary, datamodule.texts)
+    row_ids = training_row_ids(cfg, datamodule, pair.tokenizer)
+    export(cfg, module, pair.tokenizer, summary, datamodule.texts, row_ids)
     return summary
+
+
+def training_row_ids(cfg: DictConfig, datamodule, tokenizer) -> list[str]:
+    """Row.id (a content hash) of every dataset row in the training mix, for train_ids.txt: what a leak check
+    compares against evaluation prompts without rebuilding the split. Empty for the generalist (the
+    target's own generations, no dataset row).
+
+    Taken from the texts when they list their rows (`train_rows`), else rebuilt by the split the datamodule
+    drew from (same dataset config, seed and token counts): a text under 2 tokens, dropped before training,
+    is then still listed, which errs on the safe side for a leak check.
+    """
+    listed = getattr(datamodule.texts, "train_rows", None)
+    if listed is not None:
+        return list(listed)
+    if cfg.train.get("data") == "generalist":
+        return []
+    from specfair.data.prompts import train_text
+    from specfair.data.splits import build_splits
+
+    dataset = getattr(datamodule, "dataset_cfg", None) or cfg.dataset
+
+    def count_tokens(row):
+        return len(tokenizer(train_text(row, dataset), add_special_tokens=False)["input_ids"])
+
+    seed = int(getattr(datamodule, "seed", cfg.seed))
+    return [r.id for r in build_splits(dataset, seed, count_tokens).train]
 
 
 def make_trainer(cfg: DictConfig) -> tuple[pl.Trainer, ModelCheckpoint]:
@@ -235,6 +265,8 @@ def summarize(
             "train_counts": texts.train_counts,
             "imbalance": None if general else OmegaConf.to_container(cfg.dataset.imbalance, resolve=True),
             "train_per_category": None if general else cfg.dataset.get("train_per_category"),
+            # a single-pool dataset's held-out cut (unused where the dataset has a training split)
+            "held_out": None if general else held_out_settings(cfg.dataset),
             "validation_texts": len(texts.val_ids),
             "draft_vocab_size": cfg.draft.get("vocab_size"),  # the loss was renormalised over that many ids
         },
@@ -247,12 +279,18 @@ def summarize(
 
 
 def export(
-    cfg: DictConfig, module: DraftModule, tokenizer, summary: TrainSummary, texts: TrainTexts | None = None
+    cfg: DictConfig,
+    module: DraftModule,
+    tokenizer,
+    summary: TrainSummary,
+    texts: TrainTexts | None = None,
+    row_ids: list[str] | None = None,
 ) -> Path:
-    """The fine-tuned draft as an HF folder (+ tokenizer) with train_summary.json, at cfg.export_dir.
+    """The fine-tuned draft as an HF folder (+ tokenizer) with train_summary.json and train_ids.txt (the
+    training rows' ids, `training_row_ids`; empty when not given), at cfg.export_dir.
 
     Written to a sibling `.tmp` folder first and renamed, so a reader never sees half an export; the summary
-    is also copied into the run folder.
+    and the ids are also copied into the run folder.
     """
     final = Path(cfg.export_dir)
     tmp = final.with_name(final.name + ".tmp")
@@ -269,6 +307,7 @@ def export(
             f"{summary['dataset']} training texts ({len(texts.train_ids)})",
         )
     save_json(summary, tmp / "train_summary.json")
+    save_train_ids(row_ids or [], tmp / TRAIN_IDS)
     old = final.with_name(final.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():  # renames only: a kill here leaves the old export (.old) or the new one, never a mix
@@ -276,6 +315,7 @@ def export(
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     save_json(summary, Path(cfg.paths.output_dir) / "train_summary.json")
+    save_train_ids(row_ids or [], Path(cfg.paths.output_dir) / TRAIN_IDS)
     from specfair.analysis.plots import training_curve
 
     curve = training_curve(summary, Path(cfg.paths.output_dir) / "training_curve.png")
@@ -283,6 +323,19 @@ def export(
         "fine-tuned draft saved to %s%s", final / "draft", f"; validation curve: {curve}" if curve else ""
     )
     return final
+
+
+def save_train_ids(ids: list[str], path: Path) -> None:
+    """One id a line (an empty file for no dataset rows), written atomically like the summary."""
+    write_atomic(path, "".join(f"{i}\n" for i in ids))
+
+
+def load_train_ids(folder: str | Path) -> set[str] | None:
+    """The ids in an export's (or run folder's) train_ids.txt; None where an older export has none."""
+    path = Path(folder) / TRAIN_IDS
+    if not path.is_file():
+        return None
+    return {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
 
 
 def summary_table(summary: TrainSummary):
