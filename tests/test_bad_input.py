@@ -118,6 +118,26 @@ CASES = [
     ("report", ["FILES/nowhere"], "FILES/nowhere does not exist"),
     ("report", ["FILES/corrupt-summary"], "FILES/corrupt-summary/summary.json: not valid JSON"),
     ("report", ["FILES/binary-summary"], "FILES/binary-summary/summary.json: not UTF-8 text"),
+    # issue 30: summaries and records of the wrong shape, experiment options
+    ("report", ["FILES/version-string"], "summary.json version must be an integer >= 0, got '1'"),
+    (
+        "report",
+        ["FILES/draft-string"],
+        "FILES/draft-string/summary.json: summary.json field 'draft' must be a JSON",
+    ),
+    ("report", ["FILES/empty-samples"], "FILES/empty-samples/samples.jsonl: empty"),
+    (
+        "report",
+        ["FILES/short-samples"],
+        "FILES/short-samples/samples.jsonl: 1 records, but summary.json counts 2",
+    ),
+    ("experiment", ["experiment=q1", "dry_run=maybe"], "dry_run='maybe': expected true or false"),
+    (
+        "experiment",
+        ["experiment=q1", "overrides=[trainer=gpu]"],
+        "overrides: cannot parse 'overrides=[trainer=gpu]'",
+    ),
+    ("experiment", ["experiment=q1", "overrides=gpu"], "overrides='gpu': expected a list of settings"),
 ]
 
 
@@ -149,6 +169,16 @@ def bad_files(tmp_path_factory):
     for name, content in (("corrupt-summary", b'{"dataset": '), ("binary-summary", b"\xff\xfe" + noise)):
         (root / name / ".hydra").mkdir(parents=True)
         (root / name / "summary.json").write_bytes(content)
+    summary = dict(dataset={"name": "toy", "prompts": 2}, pair={"name": "p"}, draft={"name": "base"}, spec={},
+                   seed=0, overall={}, categories={})  # fmt: skip
+    row = dict(index=0, id="x", category="a", prompt_ids=[1], output_ids=[2], new_tokens=1, proposed=1,
+               accepted=1, blocks=1, rejections=0, accept_lengths=[1], proposed_lengths=[1])  # fmt: skip
+    for name, changed, rows in (("version-string", {"version": "1"}, 2), ("draft-string", {"draft": "base"}, 2),
+                                ("empty-samples", {}, 0), ("short-samples", {}, 1)):  # fmt: skip
+        (root / name).mkdir()
+        (root / name / "summary.json").write_text(json.dumps({**summary, **changed}))
+        lines = [json.dumps({**row, "index": i, "id": f"x{i}"}) + "\n" for i in range(rows)]
+        (root / name / "samples.jsonl").write_text("".join(lines))
     return root
 
 

@@ -4,13 +4,22 @@ Every step is a subprocess running the same `train.py` / `evaluate.py` command a
 Hydra output folder inside the experiment folder. A step whose output already exists with the same settings
 is skipped, so an interrupted experiment resumes where it stopped and `make transfer` reuses the drafts that
 `make q1` trained. A failed step is recorded and the rest go on; the report covers what completed.
+
+`overrides=[...]` go to the steps they apply to: a setting whose top-level key only `evaluate.yaml` has
+(`spec.*`, `mode`, ...) to the evaluations, one only `train.yaml` has (`train.*`, `export_dir`, ...) to the
+trainings, the rest (`trainer=gpu`, `dataset.*`, `seed`, `hydra.*`, a key neither has) to both.
+`dry_run=true` composes every step's config and runs the checks the step would run before loading a model;
+the first problem is the same one line the real run would print, with exit status 2, else the commands.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import json
 import logging
+import signal
 import subprocess
 import sys
 import time
@@ -94,12 +103,57 @@ def compose(config: str, overrides: list[str]) -> DictConfig:
         return hydra_compose(config, overrides=overrides)
 
 
+OVERRIDES_FORM = """'overrides=["trainer=gpu","spec.gamma=3"]'"""  # the form the shell and Hydra both take
+TOOLS = ("train", "evaluate")
+
+
+def experiment_options(cfg: DictConfig) -> list[str]:
+    """The experiment's own options checked (dry_run, keep_checkpoints, overrides); returns the overrides."""
+    for key in ("dry_run", "keep_checkpoints"):
+        value = cfg.get(key, False)
+        if not isinstance(value, bool):
+            raise SpecfairError(f"{key}={value!r}: expected true or false")
+    overrides = plain(cfg.get("overrides"), [])
+    ok = isinstance(overrides, list) and all(
+        isinstance(o, str) and ("=" in o or o.startswith("~")) for o in overrides
+    )
+    if not ok:
+        raise SpecfairError(
+            f"overrides={overrides!r}: expected a list of settings (key=value), e.g. {OVERRIDES_FORM}"
+        )
+    return overrides
+
+
+def override_key(override: str) -> str:
+    """The top-level key an override sets: `spec` for `spec.gamma=3`, `hydra` for `hydra/launcher=...`."""
+    key = override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
+    return key.replace("/", ".").split(".", 1)[0]
+
+
+@functools.cache
+def top_keys(config: str) -> frozenset[str]:
+    """The top-level keys of train.yaml or evaluate.yaml as composed with their defaults."""
+    return frozenset(compose(config, []).keys())
+
+
+def route(overrides: list[str], config: str) -> list[str]:
+    """The overrides that apply to `config` (train or evaluate): those whose top-level key it has, and those
+    of a key both or neither have (a key neither has fails in each step with the real error)."""
+    kept = []
+    for o in overrides:
+        key = override_key(o)
+        owners = [c for c in TOOLS if key in top_keys(c)]
+        if key == "hydra" or not owners or config in owners:
+            kept.append(o)
+    return kept
+
+
 def plan(cfg: DictConfig, exp_dir: Path) -> list[Step]:
     """The base draft's evaluations, then each training (one per grid point) followed by its evaluations, so
     an experiment stopped part-way leaves complete (draft, evaluations) sets."""
-    common = list(cfg.get("overrides") or []) + [f"paths.ckpt_dir={cfg.paths.ckpt_dir}"]
-    trainings = training_steps(cfg, exp_dir, common)
-    evaluations = evaluation_steps(cfg, exp_dir, common, trainings)
+    common = experiment_options(cfg) + [f"paths.ckpt_dir={cfg.paths.ckpt_dir}"]
+    trainings = training_steps(cfg, exp_dir, route(common, "train"))
+    evaluations = evaluation_steps(cfg, exp_dir, route(common, "evaluate"), trainings)
     ordered = [e for e in evaluations if e.needs is None]
     for t in trainings:
         ordered += [t, *(e for e in evaluations if e.needs == t.label)]
@@ -116,7 +170,9 @@ def training_steps(cfg: DictConfig, exp_dir: Path, common: list[str]) -> list[St
         composed = compose("train", overrides)
         general = composed.train.get("data") == "generalist"  # no dataset: evaluated on every dataset
         dataset = "generalist" if general else composed.dataset.name
-        train_name, start, seed = composed.train.name, composed.draft.name, int(composed.seed)
+        train_name, start, seed = composed.train.name, composed.draft.name, composed.seed
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise SpecfairError(f"seed={seed!r}: expected an integer >= 0")
         variant = variant_name(point) if exp.train.get("variants") else None
         if variant:
             export = Path(cfg.paths.ckpt_dir, composed.pair.name, dataset, exp.name, train_name, variant)
@@ -244,6 +300,44 @@ def evaluated_already(step: Step) -> bool:
     return False
 
 
+def preflight(step: Step) -> None:
+    """What the step's own command checks before it loads a model: its composed config (schema, files,
+    hardware) and the training or evaluation settings; raises the error that command would print."""
+    from specfair.config_check import check_config
+
+    composed = compose(step.kind, step.overrides)
+    check_config(composed)
+    if step.kind == "train":
+        from specfair.training.run import check_train_cfg
+
+        check_train_cfg(composed)
+    else:
+        from specfair.evaluation.run import check_mode, resolve_gamma
+
+        check_mode(composed, resolve_gamma(OmegaConf.to_container(composed.spec, resolve=True)))
+
+
+def dry_run(steps: list[Step]) -> None:
+    """Check every step as its command would (see `preflight`); the first failing one is refused in one
+    line, with how many steps would fail; nothing is written."""
+    from specfair.app import describe
+
+    failed = []
+    for step in steps:
+        try:
+            preflight(step)
+        except Exception as err:
+            status, line = describe(err)
+            if status != 2:
+                raise
+            failed.append((step, line))
+    if failed:
+        step, line = failed[0]
+        raise SpecfairError(
+            f"{line} ({step.kind} {step.label}; {len(failed)} of {len(steps)} steps would fail: dry run)"
+        )
+
+
 def command(step: Step) -> list[str]:
     script = ROOT / ("train.py" if step.kind == "train" else "evaluate.py")
     return [sys.executable, str(script), *step.overrides, f"hydra.run.dir={step.out_dir}"]
@@ -273,19 +367,46 @@ def run_steps(steps: list[Step], keep_checkpoints: bool = False) -> None:
             continue
         log.info("%s\n    %s", head, " ".join(command(step)[1:]))
         start = time.perf_counter()
-        result = subprocess.run(command(step), cwd=ROOT)
-        step.seconds = time.perf_counter() - start
-        if result.returncode == 0 and (step.kind == "train" or (step.out_dir / "summary.json").is_file()):
+        try:
+            returncode = run_child(command(step))
+        except KeyboardInterrupt as stop:  # SIGTERM / SIGINT: the step stopped too, keeping its records
+            step.status, step.why = "failed", f"stopped by {stop or 'SIGINT'}"
+            stop.hint = (
+                f"stopped at step {i} of {len(steps)} ({step.kind} {step.label}); rerun the same command to go "
+                "on: finished steps are skipped and a stopped evaluation resumes from its records"
+            )
+            raise
+        finally:
+            step.seconds = time.perf_counter() - start
+        if returncode == 0 and (step.kind == "train" or (step.out_dir / "summary.json").is_file()):
             step.status = "done"
             log.info("%s: done in %.0f s", head, step.seconds)
             if step.kind == "train" and not keep_checkpoints:
                 for ckpt in (step.out_dir / "checkpoints").glob("*.ckpt"):
                     ckpt.unlink()
         else:
-            step.status, step.why = "failed", failure_reason(step, result.returncode)
+            step.status, step.why = "failed", failure_reason(step, returncode)
             log.error("%s: failed: %s", head, step.why)
             if step.kind == "train":
                 failed_trainings.add(step.label)
+
+
+def run_child(cmd: list[str], grace_s: float = 60.0) -> int:
+    """A step's command to its end; its exit status. When the experiment is stopped (SIGTERM, Ctrl-C), the
+    step gets SIGTERM too and `grace_s` to stop cleanly (an evaluation keeps its records for the rerun)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    try:
+        return proc.wait()
+    except BaseException:
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        raise
 
 
 def write_steps(steps: list[Step], exp_dir: Path) -> None:
@@ -318,6 +439,7 @@ def run_experiment(cfg: DictConfig) -> dict:
         exp_dir,
     )
     if cfg.get("dry_run"):
+        dry_run(steps)
         for s in steps:
             print(" ".join(command(s)[1:]))
         return {}

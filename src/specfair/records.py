@@ -57,6 +57,13 @@ def ratio(num: float | None, den: float | None) -> float | None:
 
 
 R = TypeVar("R", bound="Record")
+# declared container types a file's field must have (the rest is read as written)
+_CONTAINERS = {"dict": (Mapping, "a JSON object"), "list": (list, "a JSON list")}
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class Record(Mapping):
@@ -93,7 +100,11 @@ class Record(Mapping):
                 f"{source}: expected a JSON object for a {cls.kind}, got {type(data).__name__}"
             )
         version = data.get("version", 0)
-        if not isinstance(version, int) or version > VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise SpecfairError(
+                f"{source}: {cls.kind} version must be an integer >= 0, got {version!r} (a hand-edited file?)"
+            )
+        if version > VERSION:
             raise SpecfairError(
                 f"{source}: {cls.kind} version {version!r} is newer than this specfair reads ({VERSION}); "
                 "upgrade specfair"
@@ -107,6 +118,16 @@ class Record(Mapping):
         missing = [n for n in required if n not in data]
         if missing:
             raise SpecfairError(f"{source}: {cls.kind} lacks field(s) {', '.join(missing)}")
+        for f in dataclasses.fields(cls):  # a container field of another type would fail far from here
+            expected = _CONTAINERS.get(str(f.type).split("[")[0].split(" ")[0])
+            value = data.get(f.name)
+            if expected and f.name in data and not isinstance(value, expected[0]):
+                if value is None and "None" in str(f.type):
+                    continue
+                raise SpecfairError(
+                    f"{source}: {cls.kind} field {f.name!r} must be {expected[1]}, "
+                    f"got {type(value).__name__} {_short(value)}"
+                )
         known = {k: v for k, v in data.items() if k in names and k != "extra"}
         extra = {k: v for k, v in data.items() if k not in names}
         if "version" in names:

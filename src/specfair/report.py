@@ -47,13 +47,24 @@ def _candidates(root: Path) -> list[Path]:
 def find_runs(paths: Iterable[str | Path]) -> tuple[list[Path], list[dict]]:
     """Completed run folders (with summary.json) under the given paths, and the failed ones with why.
 
-    A training run (train_summary.json, no summary.json) is neither. Raises ValueError for a missing path.
+    A training run (train_summary.json, no summary.json) is neither. A run folder reached twice (given twice,
+    inside a sweep given too, or through a symlink) counts once, said in one log line. Raises ValueError for a
+    missing path.
     """
     done, failed = [], []
+    seen: dict[Path, Path] = {}  # real path -> the spelling first met
     for root in map(Path, paths):
         if not root.exists():
             raise ValueError(f"{root} does not exist")
         for run in _candidates(root):
+            real = run.resolve()
+            if real in seen:
+                again = (
+                    "given twice" if seen[real] == run else f"is {seen[real]} again (a symlink or a sweep)"
+                )
+                log.warning("report: %s %s; counted once", run, again)
+                continue
+            seen[real] = run
             if (run / "resumed_in.txt").is_file() and not (run / "summary.json").is_file():
                 continue  # a killed run that a later run took over (evaluate.py resume=true)
             if (run / "summary.json").is_file():
@@ -186,11 +197,17 @@ class ReportCallback(Callback):
         sweep = Path(config.hydra.sweep.dir)
         logger = OmegaConf.to_container(config.logger, resolve=True) if config.get("logger") else {}
         logger["group"] = logger.get("group") or sweep.name  # the sweep's evaluation runs use the same group
+        from specfair import app
+
         try:
             report = build_report([sweep], sweep, logger)
         except Exception as err:  # a report failure must not hide the runs that completed
-            log.error("report for %s failed: %s", sweep, err)
+            line = app.describe(err)[1] if not isinstance(err, ValueError) else app.one_line(err)
+            log.error("report for %s failed: %s", sweep, line)
+            app.SWEEP.report_error = line  # the multirun then exits non-zero (specfair.app.cli)
             return
+        app.SWEEP.report = sweep / "report.md"
+        app.SWEEP.report_failed = list(report["failed"])
         log.info(
             "report: %s (%d comparisons, %d failed runs)",
             sweep / "report.md",

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from specfair.analysis import sentences, stats
+from specfair.errors import SpecfairError
 from specfair.records import METRICS, RunSummary, SampleRecord, find_train_summary, load_samples, load_summary
 
 PAIRING_FIELDS = ("prompt_set", "pair", "spec", "seed")
@@ -42,9 +43,28 @@ class Run:
 
 
 def load_run(run: str | Path) -> Run:
-    """A run folder's `summary.json` and `samples.jsonl` as typed records."""
+    """A run folder's `summary.json` and `samples.jsonl` as typed records.
+
+    Raises SpecfairError naming the file when `samples.jsonl` is empty, holds another number of prompts than
+    the summary counts (cut short, or from another run), or when the summary has no dataset name.
+    """
     summary = load_summary(run)
-    return Run(str(run), summary, load_samples(run), draft_label(summary))
+    records = load_samples(run)
+    folder = Path(run)
+    folder = folder if folder.is_dir() else folder.parent
+    if not isinstance(summary.dataset.get("name"), str):
+        name = summary.dataset.get("name")
+        raise SpecfairError(f"{folder / 'summary.json'}: dataset.name: expected a string, got {name!r}")
+    samples = folder / "samples.jsonl"
+    counted = summary.dataset.get("prompts", summary.overall.get("prompts"))
+    if not records:
+        raise SpecfairError(f"{samples}: empty, but summary.json is a finished run (a copy cut short?)")
+    if isinstance(counted, int) and not isinstance(counted, bool) and counted != len(records):
+        raise SpecfairError(
+            f"{samples}: {len(records)} records, but summary.json counts {counted} prompts (a file cut short, "
+            "or from another run?)"
+        )
+    return Run(str(run), summary, records, draft_label(summary))
 
 
 def draft_label(summary: Mapping) -> str:
