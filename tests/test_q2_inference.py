@@ -105,8 +105,8 @@ def test_delta_and_head_minus_rest_recovered_with_intervals_and_detectable_effec
     )
     for c in result["conditions"]:
         t = c["rank_test"]
-        assert f"| {num(t['delta']['p_value'])} ({num(t['p_value'])}), over all runs |" in md
-    assert "Rank test (mean per-run Spearman" in md  # the sentence, on the Spearman variant
+        assert f"| {num(t['delta']['p_value'])} ({num(t['p_value'])})" in md
+    assert "Rank test (δ as the statistic" in md  # the sentence quotes δ's test, Spearman beside it
 
 
 def test_interval_covers_the_true_delta_in_most_simulations():
@@ -374,7 +374,7 @@ def test_report_gives_the_rank_test_per_ratio_and_none_at_equal_shares():
     assert by_ratio[1]["rank_test"] is None
     test = by_ratio[100]["rank_test"]
     assert test["delta"]["value"] > 0 and test["delta"]["p_value"] < 0.05
-    assert test["rho"] > 0 and test["p_value"] < 0.05 and not test["exact"] and test["runs"] == 8
-    assert f"{test['rho']:+.2f} at rho=100, p = {test['p_value']:.3g} (8 runs" in " ".join(
-        result["sentences"]
-    )
+    assert test["rho"] > 0 and test["p_value"] < 0.05 and test["runs"] == 8
+    assert test["exact"]  # within each seed's 4 runs: 4!^2 reassignments, enumerated
+    sentence = f"δ {test['delta']['value']:+.3f} at rho=100, p = {test['delta']['p_value']:.3g} (Spearman "
+    assert sentence + f"{test['rho']:+.2f}, p = {test['p_value']:.3g}; 8 runs" in " ".join(result["sentences"])

@@ -121,3 +121,17 @@ def test_emotion_full_seeds_never_train_on_the_evaluation_prompts(compose_cfg, s
             training = build_splits(cfg(*mix, f"dataset.imbalance.head={head}"), seed=seed)
             assert_no_leak(evaluation, training.train)
         assert_no_leak(evaluation, build_splits(cfg("dataset.per_category=16"), seed=seed).train)
+
+
+def test_evaluation_refuses_a_draft_trained_on_its_prompts(tmp_path):
+    """train_ids.txt beside a draft: an evaluation whose prompts it holds is refused in one line."""
+    from specfair.data.rows import Row
+    from specfair.evaluation.run import check_not_trained_on
+
+    rows = [Row(f"text {i}", "a") for i in range(4)]
+    (tmp_path / "draft").mkdir()
+    (tmp_path / "train_ids.txt").write_text("".join(r.id + "\n" for r in rows[:2]))
+    with pytest.raises(SpecfairError, match=r"draft.path=.*was trained on 1 of these evaluation prompts"):
+        check_not_trained_on(str(tmp_path / "draft"), rows[1:2])
+    check_not_trained_on(str(tmp_path / "draft"), rows[2:])  # disjoint: fine
+    check_not_trained_on(None, rows)  # the truncated base has no training rows

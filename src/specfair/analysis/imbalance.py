@@ -172,7 +172,7 @@ def condition(
     runs_panel = built[0]
     inference = _inference(group, where, ratio, built, resamples)
     fairness = exposure.fairness_ci(runs_panel, resamples)
-    rank_test = exposure.rotation_test(runs_panel) if ratio > 1 else None
+    rank_test = exposure.rotation_test(runs_panel, seeds=[r["seed"] for r in group]) if ratio > 1 else None
     if missing:
         inference["notes"].insert(
             0,

@@ -107,7 +107,10 @@ def _rank_test(c: Mapping) -> str:
     t = c["rank_test"]
     how = "exact" if t["exact"] else "random reassignments"
     floor = f", smallest possible p {t['smallest_p']:.2g}" if t["smallest_p"] > 0.01 else ""
-    return f"{t['rho']:+.2f} at rho={c['ratio']:g}, p = {t['p_value']:.3g} ({t['runs']} runs, {how}{floor})"
+    return (
+        f"δ {t['delta']['value']:+.3f} at rho={c['ratio']:g}, p = {t['delta']['p_value']:.3g} "
+        f"(Spearman {t['rho']:+.2f}, p = {t['p_value']:.3g}; {t['runs']} runs, {how}{floor})"
+    )
 
 
 def _delta_sentence(dataset: str, arm: str, sampling: str, d: Mapping, scope: str) -> str:
@@ -142,11 +145,11 @@ def imbalance_sentences(result: Mapping) -> list[str]:
                 "The head category's alpha gain minus the mean gain of the others, per rotation then averaged, "
                 "was " + "; ".join(_head_minus_rest(c) for c in natural) + "."
             )
-        tests = [c for c in natural if (c.get("rank_test") or {}).get("rho") is not None]
+        tests = [c for c in natural if (c.get("rank_test") or {}).get("delta")]
         if tests:
             text.append(
-                "Rank test (mean per-run Spearman of gain, relative to the category's mean, on training share; "
-                "p from reassigning the mixes among the runs): "
+                "Rank test (δ as the statistic, p from reassigning the mixes among the runs of each seed; the "
+                "mean per-run Spearman of the category-centred gain on training share beside it): "
                 + "; ".join(_rank_test(c) for c in tests)
                 + "."
             )

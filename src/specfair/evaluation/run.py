@@ -15,7 +15,7 @@ from specfair.analysis.comparisons import pairing_mismatch
 from specfair.data import spec_bench
 from specfair.data.prompts import tokenize_prompts, train_text
 from specfair.data.rows import Prompt
-from specfair.data.splits import build_splits
+from specfair.data.splits import build_splits, held_out_settings
 from specfair.decoding.continuations import ContinuationCache, weights_fingerprint
 from specfair.decoding.drafters import build_drafter
 from specfair.decoding.engine import check_generation_args, eos_set
@@ -25,6 +25,7 @@ from specfair.evaluation.module import DecodeModule, ReplayModule
 from specfair.models import MODEL_FREE_DRAFTS, Pair, load_pair
 from specfair.records import find_train_summary, load_samples, load_summary
 from specfair.tracking import log_evaluation
+from specfair.training.run import load_train_ids
 from specfair.vocab import (
     check_size,
     frequent_ids,
@@ -120,6 +121,7 @@ def load_prompts(cfg: DictConfig, pair: Pair, spec: dict):
         return len(tokenizer(train_text(row, cfg.dataset), add_special_tokens=False)["input_ids"])
 
     splits = build_splits(cfg.dataset, int(cfg.seed), count_tokens)
+    check_not_trained_on(cfg.draft.get("path"), splits.eval)
     log.info("dataset %s (%s): %d prompts over %d categories; %d disjoint training texts", cfg.dataset.name,
              splits.source, len(splits.eval), len(splits.categories), len(splits.train))  # fmt: skip
     if splits.train_counts:
@@ -132,6 +134,18 @@ def load_prompts(cfg: DictConfig, pair: Pair, spec: dict):
         answer = spec_bench.greedy_answer(pair.target, tokenizer, pair.vocab_size, spec["max_new_tokens"])
         prompts = spec_bench.with_turns(prompts, cfg.dataset, tokenizer, answer, max_prompt)
     return splits, prompts
+
+
+def check_not_trained_on(draft_path, eval_rows) -> None:
+    """A fine-tuned draft whose train_ids.txt holds one of these prompts would be scored on its own training
+    text (another dataset.split_seed or held_out than at training): refused."""
+    trained = load_train_ids(Path(draft_path).parent) if draft_path else None
+    hit = {r.id for r in eval_rows} & trained if trained else set()
+    if hit:
+        raise SpecfairError(
+            f"draft.path={draft_path} was trained on {len(hit)} of these evaluation prompts (e.g. {min(hit)}): "
+            "evaluate with the dataset.split_seed and dataset.held_out it was trained with"
+        )
 
 
 def draft_options(cfg: DictConfig, pair: Pair, splits) -> dict | None:
@@ -175,6 +189,7 @@ def run_meta(cfg, mode, splits, prompts, pair, spec, world_size) -> dict:
             "per_category": int(cfg.dataset.per_category),
             "prompt_tokens": int(cfg.dataset.prompt_tokens),
             "turns": int(cfg.dataset.get("turns") or 1),
+            **held_out_settings(cfg.dataset),
             "group_by": cfg.dataset.get("group_by"),
             "prompts": len(prompts),
             "train_counts": splits.train_counts,
