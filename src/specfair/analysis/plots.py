@@ -283,3 +283,35 @@ def training_curve(summary: Mapping, path: Path) -> Path | None:
         fontsize=10,
     )
     return _save(fig, Path(path))
+
+
+# --- Spec-Bench leaderboard --------------------------------------------------------------------------------
+
+
+def leaderboard_plot(result: Mapping, path: Path) -> Path:
+    """Grouped bars per task group, one bar per drafter, error bars the 95% bootstrap CI: speedup where the
+    rows were decoded (τ beside it), τ alone for replayed rows."""
+    plt = _pyplot()
+    groups, rows = [*result["groups"], "overall"], result["rows"]
+    metrics = [m for m in ("speedup", "block_efficiency") if any(m in r["overall"] for r in rows)]
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6, 1.3 * len(groups) + 2), 3.4 * len(metrics)))
+    axes = np.atleast_1d(axes)
+    width = 0.8 / max(1, len(rows))
+    x = np.arange(len(groups))
+    for ax, metric in zip(axes, metrics, strict=True):
+        for i, row in enumerate(rows):
+            cells = [
+                (row["overall"] if g == "overall" else row["groups"].get(g, {})).get(metric) for g in groups
+            ]
+            v = np.array([_nan(c["value"]) if c else np.nan for c in cells])
+            lo = np.array([c["value"] - c["low"] if c and c.get("low") is not None else 0 for c in cells])
+            hi = np.array([c["high"] - c["value"] if c and c.get("high") is not None else 0 for c in cells])
+            ax.bar(
+                x + (i - (len(rows) - 1) / 2) * width, v, width, yerr=[lo, hi], capsize=2, label=row["label"]
+            )
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(x, groups, rotation=15, ha="right")
+        ax.set_ylabel("speedup (×)" if metric == "speedup" else "τ (tokens per target call)")
+        ax.legend(fontsize=8, ncol=min(4, len(rows)))
+    axes[0].set_title("Spec-Bench task groups (95% bootstrap CI over prompts)", fontsize=10)
+    return _save(fig, path)
