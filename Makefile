@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.specfair-installed
 
-.PHONY: setup demo test test-all bench bench-quick bench-eval bench-teacher generalist q1 q2 transfer lint format clean
+.PHONY: setup demo test test-all bench bench-quick bench-lookup bench-eval bench-teacher generalist q1 q2 transfer spec-bench lint format clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,7 @@ bench: setup $(BENCH_DRAFT)/draft/config.json
 	mkdir -p logs/bench
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_decoding.py $(BENCH_ARGS) --dataset imdb --json logs/bench/cpu_imdb_in_domain.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_decoding.py $(BENCH_ARGS) --dataset agnews --json logs/bench/cpu_agnews_out_of_domain.json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_lookup.py --json logs/bench/cpu_lookup_spec_bench.json
 
 $(BENCH_DRAFT)/draft/config.json: | $(CKPT)/generalist/generalist/seed0/draft/config.json
 	HF_HUB_OFFLINE=1 $(PY) train.py dataset=imdb train=kd_short draft=generalist draft.vocab_size=8192 logger=none export_dir=$(BENCH_DRAFT)
@@ -59,6 +60,21 @@ $(CKPT)/generalist/generalist/seed0/draft/config.json:
 
 bench-quick: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_decoding.py
+
+# Prompt lookup against transformers' own, per Spec-Bench task group (3 questions each, 128 new tokens): ~10 min.
+bench-lookup: setup
+	mkdir -p logs/bench
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_lookup.py --json logs/bench/cpu_lookup_spec_bench.json
+
+# Spec-Bench's leaderboard layout (docs/results.md): tau by replay on all 480 questions, measured speedup by
+# decoding 8 questions per task group (48), for the truncated draft and prompt lookup. ~40 min on 2 cores.
+SB := logs/spec_bench
+SB_ARGS := dataset=spec_bench dataset.group_by=task spec.max_new_tokens=128 logger=none draft=base,lookup
+spec-bench: setup
+	HF_HUB_OFFLINE=1 $(PY) evaluate.py -m $(SB_ARGS) mode=replay dataset.per_category=80 hydra.sweep.dir=$(SB)/replay
+	HF_HUB_OFFLINE=1 $(PY) evaluate.py -m $(SB_ARGS) dataset.per_category=8 hydra.sweep.dir=$(SB)/decode
+	$(PY) -m specfair.leaderboard $(SB)/replay --out $(SB)/replay
+	$(PY) -m specfair.leaderboard $(SB)/decode --out $(SB)/decode
 
 bench-eval: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_eval.py

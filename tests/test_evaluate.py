@@ -269,3 +269,10 @@ def test_auto_gamma_decodes_losslessly_and_records_its_costs(tmp_path):
     assert auto["c"] > 0 and len(auto["verify"]) == 4 and 0 < auto["alpha_seen"] < 1
     records = [json.loads(line) for line in Path(out, "samples.jsonl").read_text().splitlines()]
     assert max(g for r in records for g in r["proposed_lengths"]) <= 3
+
+
+def test_console_shows_each_log_line_once_and_no_adverts(single_run):
+    _, result = single_run
+    text = result.stdout + result.stderr
+    assert text.count("GPU available: False") == 1  # Lightning's own console copy is gone, Hydra's remains
+    assert "Tip:" not in text and "litlogger" not in text

@@ -235,6 +235,30 @@ def cli(hydra_main) -> None:
         sys.exit(outcome[0])
 
 
+def _not_an_advert(record) -> bool:
+    return not str(record.msg).startswith("💡 Tip")
+
+
+def one_console() -> None:
+    """Each log line once and no adverts: Lightning gives its loggers a console handler of their own when it is
+    imported before Hydra configures logging, so its lines came out twice (its copy and Hydra's); and it
+    advertises a cloud logger on every Trainer."""
+    import logging
+
+    import lightning.pytorch  # noqa: F401  (its import adds the handlers removed here)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        if logging.getLogger().handlers:  # Hydra's: let them format and write every line once
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+            logger.propagate = True
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if _not_an_advert not in logger.filters:
+            logger.addFilter(_not_an_advert)
+
+
 def run_app(task, cfg):
     """Check the config, run the task; a failure is one line on stderr and in the run folder's `error.txt`.
 
@@ -260,6 +284,7 @@ def run_app(task, cfg):
             with contextlib.suppress(OSError):  # an unwritable run folder is itself the error being reported
                 (out_dir / "error.txt").write_text(f"{line}\n", encoding="utf-8")
 
+    one_console()
     try:
         check_config(cfg)
         return task(cfg)
