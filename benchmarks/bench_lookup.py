@@ -98,7 +98,8 @@ def run(args) -> dict:
                     outputs[m][i] = methods[m](ids)
                     times[m][i].append(now(target.device) - start)
     mismatches = sum(len({tuple(outputs[m][i]) for m in METHODS}) > 1 for i in range(len(prompts)))
-    result = {"settings": vars(args), "mismatches": mismatches, "groups": {}}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    result = {"settings": settings, "mismatches": mismatches, "groups": {}}
     for group in [*GROUPS, "overall"]:
         rows = [i for i, (g, _) in enumerate(prompts) if group in (g, "overall")]
         seconds = {m: sum(statistics.median(times[m][i]) for i in rows) for m in METHODS}
@@ -127,7 +128,7 @@ def show(result: dict) -> None:
         table.add_row(group, str(g["prompts"]), f"{g['target_tokens_per_s']:.1f}", f"{g['lookup_tokens_per_s']:.1f}",
                       f"{g['speedup']:.2f}x", f"{g['hf_speedup']:.2f}x", f"{g['lookup_vs_hf_lookup']:.2f}x",
                       f"{published:.2f}x")  # fmt: skip
-    Console().print(table)
+    Console(width=150).print(table)
     print(
         f"token-identical outputs: {'yes' if result['mismatches'] == 0 else 'NO, ' + str(result['mismatches'])}"
     )
