@@ -238,26 +238,47 @@ def expected_acceptance(
 # --- drafters without a model of their own: the engine's loop with the target's tokens read from y -------------
 
 
-def replay_rollout(drafter, prompts, ys, *, gamma: int, max_new_tokens: int, vocab: int, eos: frozenset[int]):
-    """Counters for a drafter whose proposals are a function of the context (prompt lookup): each block asks
-    it for its proposals after the tokens kept so far, exactly as decoding does, and reads the target's tokens
-    from its greedy continuation y instead of running the target."""
-    if drafter.hidden_layers:
-        raise SpecfairError(
-            f"mode=replay: draft={drafter.name} reads the target's hidden states, which the continuation cache "
-            "does not keep; use mode=decode"
-        )
+def replay_rollout(drafter, prompts, ys, *, gamma: int, max_new_tokens: int, vocab: int, eos: frozenset[int],
+                   target=None):  # fmt: skip
+    """Counters for a drafter rolled out block by block (prompt lookup, a feature head): each block asks it for
+    its proposals after the tokens kept so far, exactly as decoding does, and reads the target's tokens from its
+    greedy continuation y instead of running the target.
+
+    A drafter that reads the target's hidden states (`draft=eagle`) is handed the slices decoding hands it, cut
+    from one batched teacher-forced pass of `target` (default: the drafter's own `target`) along prompt + y:
+    its prefill the states of the prompt, each `kept` those of the positions the target newly cached. Only the
+    states differ from decoding's, by float rounding of a batched pass (as teacher forcing does for model drafts).
+    """
+    layers = tuple(drafter.hidden_layers)
+    states = [None] * len(prompts)
+    if layers:
+        target = target if target is not None else getattr(drafter, "target", None)
+        if target is None:
+            raise SpecfairError(
+                f"mode=replay: draft={drafter.name} reads the target's hidden states, and replay was given no "
+                "target to compute them; use mode=decode"
+            )
+        from specfair.decoding.eagle import target_states
+
+        # the last emitted token is never cached by the target, so its state is never handed over
+        states = target_states(target, [p + y[:-1] for p, y in zip(prompts, ys, strict=True)], layers)
     return [
-        _rollout(drafter, p, y, gamma, max_new_tokens, vocab, eos) for p, y in zip(prompts, ys, strict=True)
+        _rollout(drafter, p, y, gamma, max_new_tokens, vocab, eos, s)
+        for p, y, s in zip(prompts, ys, states, strict=True)
     ]
 
 
-def _rollout(drafter, prompt, y, gamma, max_new_tokens, vocab, eos) -> dict:
+def _rollout(drafter, prompt, y, gamma, max_new_tokens, vocab, eos, states=None) -> dict:
+    """One prompt through the engine's loop; `states` [len(prompt + y) - 1, len(layers), H] or None."""
+
+    def cached(start: int, end: int):  # the states of positions start..end-1, as the engine slices them
+        return None if states is None else states[start:end]
+
     drafter.reset(len(prompt) + max_new_tokens + gamma + 1, False)
     tokens, k = prompt + y[:1], 1
     done = y[0] in eos or max_new_tokens == 1
     if not done:
-        drafter.prefill(tokens, None)
+        drafter.prefill(tokens, cached(0, len(tokens) - 1))
     blocks, proposed = [], []
     while not done:
         budget = min(gamma, max_new_tokens - k - 1)
@@ -269,8 +290,9 @@ def _rollout(drafter, prompt, y, gamma, max_new_tokens, vocab, eos) -> dict:
         blocks.append(Block(k, budget, n, accepted_eos))
         proposed.append(len(proposals))
         k += n if accepted_eos else n + 1
+        before = len(tokens) - 1
         tokens = prompt + y[:k]
-        drafter.kept(tokens, None)
+        drafter.kept(tokens, cached(before, len(tokens) - 1))
         done = accepted_eos or y[k - 1] in eos or k >= max_new_tokens
     if k != len(y):
         raise AssertionError(f"replay emitted {k} tokens but the continuation has {len(y)}")
