@@ -1,6 +1,7 @@
 """The Spec-Bench leaderboard: per-group ratios of sums, stratified intervals, fairness, the ordering test."""
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -90,6 +91,7 @@ def test_table_sentence_and_plot(tmp_path):
     md = lb.markdown(result)
     assert md.count("| lookup |") == 3 and "| multi-turn | translation |" in md
     assert "Fairest across Spec-Bench's groups by speedup: base" in result["sentence"]
+    assert re.search(r"lookup is 1\.\d\d× overall but below 1× on translation 0\.\d\d×\.", result["sentence"])
     png = plots.leaderboard_plot(result, tmp_path / "leaderboard.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
 

@@ -158,11 +158,30 @@ def sentence(rows: Sequence[Mapping]) -> str:
         losers.setdefault(r["fairness"]["worst_group"], []).append(r["label"])
     most = max(losers, key=lambda g: len(losers[g]))
     ratio = fairest["fairness"]["best_worst_ratio"]
-    return (
+    text = (
         f"Fairest across Spec-Bench's groups by {metric}: {fairest['label']} (best/worst group "
-        f"{_interval(ratio, 2)}). The group that loses most: {most}, the worst group of "
-        f"{len(losers[most])} of {len(rated)} drafters ({', '.join(losers[most])})."
+        f"{_interval(ratio, 2)}"
+        + ("; slower than the target alone in every group" if _slowest(fairest) else "")
+        + f"). The group that loses most: {most}, the worst group of {len(losers[most])} of {len(rated)} "
+        f"drafters ({', '.join(losers[most])})."
     )
+    return " ".join([text, *(_below_one(r) for r in rated if _below_one(r))])
+
+
+def _slowest(row: Mapping) -> bool:
+    best = max((c.get("speedup") or {}).get("value") or 0 for c in row["groups"].values())
+    return row["fairness"]["metric"] == "speedup" and best < 1
+
+
+def _below_one(row: Mapping) -> str:
+    """The groups that run slower than the target alone while the drafter's overall speedup is above 1×."""
+    overall = (row["overall"].get("speedup") or {}).get("value")
+    if not overall or overall <= 1:
+        return ""
+    slow = [
+        f"{g} {c['speedup']['value']:.2f}×" for g, c in row["groups"].items() if c["speedup"]["value"] < 1
+    ]
+    return f"{row['label']} is {overall:.2f}× overall but below 1× on {', '.join(slow)}." if slow else ""
 
 
 def _interval(cell: Mapping | None, digits: int = 2, suffix: str = "") -> str:
