@@ -22,7 +22,7 @@ from specfair.decoding.eagle import (
 )
 from specfair.decoding.engine import autoregressive_generate, speculative_generate
 from specfair.decoding.replay import REPLAYED_COUNTERS, replay_greedy, replay_rollout
-from specfair.decoding.sampling import Sampling
+from specfair.decoding.sampling import GREEDY, Sampling
 from specfair.errors import SpecfairError
 
 VOCAB = 32
@@ -234,6 +234,20 @@ def test_confidence_threshold_ends_blocks_early_and_stays_lossless(target, train
             assert out.tolist() == plain
             totals[threshold] += stats.proposed
     assert totals[0.9] < totals[None]  # unsure proposals ended some blocks
+
+
+def test_proposing_again_after_the_same_context_repeats_the_proposals(target, trained):
+    """What `adaptive.measure_costs` does to time one draft step: propose, kept with no new positions, again."""
+    drafter = EagleDrafter(trained["top"], target)
+    context = PROMPTS[2] + [3]
+    (states,) = target_states(target, [context], drafter.hidden_layers)
+    drafter.reset(64, False)
+    drafter.prefill(context, states[:-1])
+    first = drafter.propose(context, 4, VOCAB, GREEDY, frozenset(), None)[0]
+    for _ in range(3):
+        drafter.kept(context, states[:0])
+        assert drafter.propose(context, 4, VOCAB, GREEDY, frozenset(), None)[0] == first
+        assert drafter.cache.get_seq_length() == len(context) - 1 + len(first) - 1
 
 
 def test_padded_vocabulary_rows_are_never_proposed(tiny_llama):

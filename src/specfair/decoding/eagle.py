@@ -336,6 +336,7 @@ class EagleDrafter:
         self.cache: DynamicCache | None = None
         self.real = 0  # pairs in the cache whose features are the target's
         self.pending: torch.Tensor | None = None  # real states not fed yet [k, n, H]
+        self.last_real: torch.Tensor | None = None  # the state of the last real pair fed [1, n, H]
 
     @property
     def rows(self) -> int:
@@ -347,7 +348,7 @@ class EagleDrafter:
         if self.head.fc.weight.device != device:
             self.head.to(device)
         self.cache = self.head.new_cache()
-        self.real, self.pending = 0, None
+        self.real, self.pending, self.last_real = 0, None, None
 
     def _pending(self, hidden: torch.Tensor | None) -> None:
         if hidden is None:
@@ -382,11 +383,16 @@ class EagleDrafter:
         """Up to n tokens: stop after an EOS or after a token the head gave less than `threshold` probability."""
         if n < 1:
             return [], []
+        if not len(
+            self.pending
+        ):  # proposing again after the same context (a cost timing): redo its last pair
+            rollback(self.cache, self.real - 1)
+            self.real, self.pending = self.real - 1, self.last_real
         k = len(self.pending)
         if self.real + k != len(tokens) - 1:
             raise AssertionError(f"eagle: {self.real} + {k} pairs for a context of {len(tokens)} tokens")
         predicted = self._feed(self.pending, tokens[self.real + 1 :])
-        self.real, self.pending = self.real + k, self.pending[k:]
+        self.real, self.pending, self.last_real = self.real + k, self.pending[k:], self.pending[-1:]
         proposals, dists = [], []
         while True:
             logits = self.last_logits[:vocab]
