@@ -5,7 +5,7 @@ hold the head's own weights only and refuse another target, and replay reproduce
 
 import pytest
 import torch
-from test_speculative import chi_square_p, exact_distribution, marginal
+from test_speculative import check_samples_follow, exact_distribution
 
 from specfair.decoding.continuations import generate_batch
 from specfair.decoding.eagle import (
@@ -289,15 +289,7 @@ def test_sampling_keeps_the_target_distribution(tiny_llama, temperature, top_k, 
     assert 0.05 < accepted / proposed < 0.95  # both the accept and the resample paths run
     joint = exact_distribution(target, prompt, steps, temperature, top_k, top_p)
     other = exact_distribution(target, prompt, steps, temperature * 2, top_k, top_p)
-    for positions in [(1,), (2,), (3,), (1, 2), (2, 3)]:
-        counts = {}
-        for s in samples:
-            key = tuple(s[i] for i in positions)
-            counts[key] = counts.get(key, 0) + 1
-        p = chi_square_p(counts, marginal(joint, positions), n)
-        assert p > 1e-3, f"positions {positions}: samples do not follow the target (p={p:.2g})"
-        power = chi_square_p(counts, marginal(other, positions), n)
-        assert power < 1e-4, f"positions {positions}: the test cannot tell T from 2T (p={power:.2g})"
+    check_samples_follow(samples, joint, other, "its distribution at 2T")
 
 
 # --- replay ----------------------------------------------------------------------------------------------------
@@ -417,3 +409,16 @@ def test_real_pair_eagle_is_lossless_and_replay_equals_decoding(real_pair, agnew
             assert out[0].tolist() == y
             decoded = stats.as_dict()
             assert {k: counters[k] for k in REPLAYED_COUNTERS} == {k: decoded[k] for k in REPLAYED_COUNTERS}
+
+
+def test_gamma_auto_times_the_head_and_stays_lossless(target, trained):
+    """spec.gamma=auto's cost timing hands the head the target's states of the timing context."""
+    from specfair.decoding.adaptive import measure_costs
+
+    drafter = EagleDrafter(trained["top"], target)
+    policy = measure_costs(target, drafter, PROMPTS[2], gamma_max=4)
+    assert policy.c > 0 and len(policy.verify) == 5
+    for prompt in PROMPTS:
+        ids = torch.tensor([prompt])
+        out, _ = speculative_generate(target, drafter, ids, gamma=4, max_new_tokens=20, gamma_policy=policy)
+        assert out.tolist() == autoregressive_generate(target, ids, max_new_tokens=20).tolist()

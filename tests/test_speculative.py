@@ -162,6 +162,26 @@ def marginal(joint: dict, positions) -> dict:
     return out
 
 
+MARGINALS = [(1,), (2,), (3,), (1, 2), (2, 3)]
+
+
+def check_samples_follow(samples, joint: dict, wrong: dict, what: str, power: float = 1e-4) -> None:
+    """χ² of the samples' marginals against `joint` (must not reject) and against a `wrong` distribution (must
+    reject: the test has the power to see a biased engine)."""
+    n = len(samples)
+    for positions in MARGINALS:
+        counts = {}
+        for s in samples:
+            key = tuple(s[i] for i in positions)
+            counts[key] = counts.get(key, 0) + 1
+        p_right = chi_square_p(counts, marginal(joint, positions), n)
+        assert p_right > 1e-3, f"positions {positions}: samples do not follow the target (p={p_right:.2g})"
+        p_wrong = chi_square_p(counts, marginal(wrong, positions), n)
+        assert p_wrong < power, (
+            f"positions {positions}: the test cannot tell the target from {what} (p={p_wrong:.2g})"
+        )
+
+
 @pytest.mark.parametrize(
     "temperature, top_k, top_p, n",
     [(1.0, None, None, 4000), (0.7, 5, 0.9, 3000)],
@@ -190,17 +210,7 @@ def test_sampling_preserves_the_target_distribution(tiny_llama, temperature, top
 
     target_joint = exact_distribution(target, prompt, steps, temperature, top_k, top_p)
     draft_joint = exact_distribution(draft, prompt, steps, temperature, top_k, top_p)
-    checks = [(1,), (2,), (3,), (1, 2), (2, 3)]
-    for positions in checks:
-        counts = {}
-        for s in samples:
-            key = tuple(s[i] for i in positions)
-            counts[key] = counts.get(key, 0) + 1
-        p_target = chi_square_p(counts, marginal(target_joint, positions), n)
-        assert p_target > 1e-3, f"positions {positions}: samples do not follow the target (p={p_target:.2g})"
-        # power: the same test rejects the draft's own distribution, so it could have caught a biased engine
-        p_draft = chi_square_p(counts, marginal(draft_joint, positions), n)
-        assert p_draft < 1e-6, f"positions {positions}: test cannot tell target from draft (p={p_draft:.2g})"
+    check_samples_follow(samples, target_joint, draft_joint, "the draft", power=1e-6)
 
 
 def test_sampling_is_reproducible_with_a_seeded_generator(tiny_pair):

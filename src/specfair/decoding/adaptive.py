@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from specfair.decoding.calls import forward, new_caches, now, rollback
+from specfair.decoding.calls import forward, forward_hidden, new_caches, now, rollback
 from specfair.decoding.drafters import as_drafter
 from specfair.decoding.sampling import GREEDY
 
@@ -77,15 +77,21 @@ def measure_costs(target, draft, context: list[int], gamma_max: int, repeats: in
         forward(target, cache, context + context[-1:] * k, keep=k)
         rollback(cache, len(context))
 
+    layers = tuple(drafter.hidden_layers)
+    hidden = None  # the target's states of the context, for a drafter that reads them
+
     def draft_step() -> None:
         drafter.propose(context, 1, 1 << 30, GREEDY, frozenset(), None)
-        drafter.kept(context, None)
+        drafter.kept(context, None if hidden is None else hidden[:0])
 
     with torch.inference_mode():
-        forward(target, cache, context)
+        if layers:
+            _, hidden = forward_hidden(target, cache, context, 1, layers)
+        else:
+            forward(target, cache, context)
         target_s = [median_s(lambda k=k: target_pass(k)) for k in range(1, gamma_max + 2)]
         drafter.reset(len(context) + 2, False)
-        drafter.prefill(context, None)
+        drafter.prefill(context, None if hidden is None else hidden[: len(context) - 1])
         draft_s = median_s(draft_step)
     one = max(target_s[0], 1e-9)
     return GammaPolicy(c=draft_s / one, verify=[t / one for t in target_s])

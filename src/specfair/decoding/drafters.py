@@ -8,6 +8,7 @@ counters and the metric do not depend on which drafter runs.
 
 - `ModelDrafter`: a small causal LM with its own KV cache (the target's first layers, the generalist, a
   fine-tuned draft); it proposes autoregressively.
+- `EagleDrafter` (`eagle.py`): a feature head over the target's own hidden states (EAGLE / EAGLE-3).
 - `LookupDrafter`: prompt lookup (Saxena 2023): the tokens that followed the first earlier occurrence of the
   context's longest suffix n-gram; no model, q one-hot, so the standard accept/resample rule stays exact.
 """
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from specfair.decoding.calls import forward, new_caches, rollback
+from specfair.decoding.eagle import eagle_drafter
 from specfair.decoding.sampling import Sampling, pick
 from specfair.errors import SpecfairError
 from specfair.vocab import head_rows
@@ -157,11 +159,18 @@ def as_drafter(draft) -> Drafter:
     return ModelDrafter(draft) if isinstance(draft, nn.Module) else draft
 
 
-def build_drafter(model: nn.Module | None, draft_cfg) -> Drafter:
-    """The drafter a `draft=` config names: `lookup`, else the loaded draft model."""
+def build_drafter(model: nn.Module | None, draft_cfg, target: nn.Module | None = None) -> Drafter:
+    """The drafter a `draft=` config names: `lookup`, `eagle` (a feature head over `target`), else the loaded
+    draft model."""
     if draft_cfg.get("name") == "lookup":
         options = draft_cfg.get("lookup") or {}
         return LookupDrafter(max_ngram=options.get("max_ngram", 3), min_ngram=options.get("min_ngram", 1))
+    if draft_cfg.get("name") == "eagle":
+        if target is None:
+            raise SpecfairError(
+                "draft=eagle: the head reads the target's hidden states; no target was loaded"
+            )
+        return eagle_drafter(target, draft_cfg)
     if model is None:
         raise SpecfairError(f"draft={draft_cfg.get('name')}: no draft model was loaded")
     return ModelDrafter(model)

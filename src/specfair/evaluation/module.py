@@ -47,7 +47,7 @@ class EvalModule(pl.LightningModule):
                  out_dir: str | Path, meta: dict):  # fmt: skip
         super().__init__()
         self.target, self.draft = pair.target, pair.draft  # registered, so Lightning moves the draft too
-        self.drafter = build_drafter(pair.draft, meta["draft"])
+        self.drafter = build_drafter(pair.draft, meta["draft"], pair.target)
         self.vocab = pair.vocab_size
         self.eos = eos_set(pair.tokenizer.eos_token_id)
         self.eos_token_id = pair.tokenizer.eos_token_id
