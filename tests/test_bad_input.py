@@ -138,6 +138,185 @@ CASES = [
         "overrides: cannot parse 'overrides=[trainer=gpu]'",
     ),
     ("experiment", ["experiment=q1", "overrides=gpu"], "overrides='gpu': expected a list of settings"),
+    # issue 30: values out of range where the schema declares them (before any model loads)
+    (
+        "evaluate",
+        ["spec.temperature=inf"],
+        "spec.temperature=inf: not a finite number; expected a number >= 0",
+    ),
+    ("evaluate", ["spec.temperature=nan"], "spec.temperature=nan: not a finite number"),
+    ("evaluate", ["spec.top_p=inf"], "spec.top_p=inf: not a finite number"),
+    ("evaluate", ["dataset.imbalance.ratio=inf"], "dataset.imbalance.ratio=inf: not a finite number"),
+    ("evaluate", ["seed=1180591620717411303424"], "seed=1180591620717411303424: beyond 64 bits"),
+    ("evaluate", ["seed=4294967296"], "seed=4294967296: expected an integer >= 0, at most 4294967295"),
+    ("evaluate", ["spec.gamma=1180591620717411303424"], "spec.gamma=1180591620717411303424: beyond 64 bits"),
+    (
+        "evaluate",
+        ["spec.max_new_tokens=9000"],
+        "spec.max_new_tokens=9000 + spec.gamma=4 leaves no room for a prompt in the target's 8192-token context",
+    ),
+    ("evaluate", ["spec.gamma=8190"], "spec.max_new_tokens=32 + spec.gamma=8190 leaves no room for a prompt"),
+    (
+        "evaluate",
+        ["spec.gamma=auto", "spec.gamma_max=9000"],
+        "spec.gamma_max=9000 leaves no room for a prompt",
+    ),
+    ("evaluate", ["~spec.gamma"], "spec.gamma: required, but missing (deleted with ~spec.gamma?)"),
+    ("evaluate", ["~spec.max_new_tokens"], "spec.max_new_tokens: required, but missing"),
+    ("evaluate", ["~dataset.prompt_tokens"], "dataset.prompt_tokens: required, but missing"),
+    ("evaluate", ["~dataset.imbalance.head"], "dataset.imbalance.head: required, but missing"),
+    ("evaluate", ["~seed"], "seed: required, but missing"),
+    ("train", ["~train.optimizer.lr"], "train.optimizer.lr: required, but missing"),
+    ("train", ["train.optimizer.lr=inf"], "train.optimizer.lr=inf: not a finite number"),
+    (
+        "train",
+        ["train.corpus.seed=4294967296"],
+        "train.corpus.seed=4294967296: expected an integer >= 0, at most 4294967295",
+    ),
+    (
+        "evaluate",
+        ["dataset.label_names=[World,World,Business,Sci/Tech]"],
+        "dataset.label_names=['World', 'World', 'Business', 'Sci/Tech']: expected a non-empty list of distinct",
+    ),
+    (
+        "evaluate",
+        ["dataset.text_field=[1,2]"],
+        "dataset.text_field=[1, 2]: expected a string or a non-empty list",
+    ),
+    (
+        "evaluate",
+        ["dataset.imbalance.head=99"],
+        "dataset.imbalance.head=99: an index of the 4 categories is 0 to 3",
+    ),
+    (
+        "evaluate",
+        ["dataset.imbalance.head=rotate", "dataset.imbalance.rotation=4", "dataset.imbalance.ratio=2"],
+        "dataset.imbalance.rotation=4: an index of the 4 categories is 0 to 3",
+    ),
+    (
+        "evaluate",
+        ["dataset.prompt_template=Summary:"],
+        "dataset.prompt_template='Summary:': expected {text} exactly",
+    ),
+    (
+        "evaluate",
+        ["dataset.prompt_template='{text} {text}'"],
+        "expected {text} exactly once (where the text goes), found 2",
+    ),
+    (
+        "evaluate",
+        ["dataset.prompt_template='{text} {topic}'"],
+        "{topic} is not a field; a prompt template has only",
+    ),
+    (
+        "evaluate",
+        ["dataset.prompt_template='{text} {target}'"],
+        "{target} is the reference, for train_template",
+    ),
+    (
+        "train",
+        ["dataset.train_template='{text} {summary}'"],
+        "unknown field {summary}; expected {text} and {target}",
+    ),
+    ("train", ["dataset.train_template='{text'"], "dataset.train_template='{text': not a template"),
+    ("train", ["dataset.train_template='{text}}'"], "not a template (Single '}' encountered"),
+    (
+        "evaluate",
+        ["dataset.hub=null", "dataset.source=hub"],
+        "dataset.hub=null: dataset.source=hub needs the hub",
+    ),
+    (
+        "evaluate",
+        ["dataset=dolly", "dataset.hub=null"],
+        "dataset.hub=null: dataset=dolly has neither a hub dataset",
+    ),
+    ("evaluate", ["dataset.hub=5"], "dataset.hub=5: expected null or a mapping {id, eval_split"),
+    (
+        "evaluate",
+        ["dataset=dolly", "dataset.source=bundled"],
+        "dataset.source=bundled: dataset=dolly ships no",
+    ),
+    ("evaluate", ["dataset.bundled=FILES/none.jsonl"], "dataset.bundled=FILES/none.jsonl: no such file"),
+    (
+        "evaluate",
+        ["dataset=local", "dataset.path=FILES/split.jsonl", "dataset.train_path=FILES/none.jsonl"],
+        "dataset.train_path=FILES/none.jsonl: no such file",
+    ),
+    # issue 30: waiting on other processes
+    ("evaluate", ["trainer.num_nodes=2"], "trainer.num_nodes=2: no multi-node launch found"),
+    ("train", ["trainer.num_nodes=3"], "trainer.num_nodes=3: no multi-node launch found"),
+    # issue 30: every data row checked on load, before any model loads
+    (
+        "evaluate",
+        ["dataset=local", "dataset.path=FILES/num-text.jsonl"],
+        "FILES/num-text.jsonl:3: field 'text' is 5 (an integer); expected a string",
+    ),
+    (
+        "evaluate",
+        ["dataset=local", "dataset.path=FILES/dict-text.jsonl"],
+        "FILES/dict-text.jsonl:2: field 'text' is {'body': 'x'} (a dict); expected a string",
+    ),
+    (
+        "evaluate",
+        ["dataset=local", "dataset.path=FILES/turn-number.jsonl"],
+        "FILES/turn-number.jsonl:2: field 'text' is a list whose first turn is 3 (an integer)",
+    ),
+    (
+        "evaluate",
+        ["dataset=local", "dataset.path=FILES/split.jsonl", "dataset.target_field=summary"],
+        "FILES/split.jsonl:2: field 'summary' is 7 (an integer); expected a string",
+    ),
+    (
+        "evaluate",
+        ["dataset=local", "dataset.path=FILES/list-cat.jsonl"],
+        "FILES/list-cat.jsonl:2: field 'category' is ['a'] (a list); expected one category",
+    ),
+    (
+        "evaluate",
+        ["dataset=local", "dataset.path=FILES/dict-cat.jsonl"],
+        "FILES/dict-cat.jsonl:2: field 'category' is {'a': 1} (a dict); expected one category",
+    ),
+    (
+        "evaluate",
+        ["dataset=local", "dataset.path=FILES/mixed-cat.jsonl"],
+        "FILES/mixed-cat.jsonl:2: field 'category' is 1.0 (a number with a point), but FILES/mixed-cat.jsonl:1 "
+        "has 1 (an integer): one type of category per file",
+    ),
+    (
+        "evaluate",
+        ["dataset=local", "dataset.path=FILES/bool-cat.jsonl"],
+        "FILES/bool-cat.jsonl:3: field 'category' is True (true or false), but FILES/bool-cat.jsonl:1 has 1",
+    ),
+    (
+        "evaluate",
+        ["dataset=local", "dataset.path=FILES/float-label.jsonl", "dataset.label_names=[a,b]"],
+        "FILES/float-label.jsonl:1: field 'category' is 1.5; with label_names a label is an index",
+    ),
+    (
+        "evaluate",
+        ["dataset.category_field=null"],
+        "dataset.category_field=null: name the field holding each row's",
+    ),
+    (
+        "evaluate",
+        ["dataset=local", "dataset.path=FILES/split.jsonl", "dataset.split_field=part"],
+        "dataset.split_field='part': no row of FILES/split.jsonl has that field",
+    ),
+    (
+        "evaluate",
+        [
+            "dataset=local",
+            "dataset.path=FILES/split.jsonl",
+            "dataset.split_field=split",
+            "dataset.eval_split_value=test",
+        ],
+        "dataset.eval_split_value='test': no row of FILES/split.jsonl has split='test' (values found: eval, train)",
+    ),
+    (
+        "evaluate",
+        ["draft=lookup", "draft.vocab_size=100"],
+        "draft.vocab_size: draft=lookup has no model to prune",
+    ),
 ]
 
 
@@ -156,6 +335,19 @@ def bad_files(tmp_path_factory):
     (root / "cut.jsonl").write_text('{"text": "a", "label": 1}\n{"text": "b"')
     (root / "rows.txt").write_text("text\n")
     (root / "empty").mkdir()
+    rows = [{"text": f"row {i} of a small file", "category": "ab"[i % 2]} for i in range(6)]
+    for name, changed in (("num-text", {2: {"text": 5}}), ("dict-text", {1: {"text": {"body": "x"}}}),
+                          ("turn-number", {1: {"text": [3, "b"]}}), ("list-cat", {1: {"category": ["a"]}}),
+                          ("dict-cat", {1: {"category": {"a": 1}}}), ("mixed-cat", {0: {"category": 1}, 1: {"category": 1.0}}),
+                          ("bool-cat", {0: {"category": 1}, 1: {"category": 2}, 2: {"category": True}}),
+                          ("float-label", {i: {"category": 1.5} for i in range(6)})):  # fmt: skip
+        lines = [json.dumps({**row, **changed.get(i, {})}) + "\n" for i, row in enumerate(rows)]
+        (root / f"{name}.jsonl").write_text("".join(lines))
+    split = [
+        {**row, "split": "eval" if i < 4 else "train", "summary": 7 if i == 1 else "s"}
+        for i, row in enumerate(rows)
+    ]
+    (root / "split.jsonl").write_text("".join(json.dumps(r) + "\n" for r in split))
     small = build_tiny_llama(0)
     small.save_pretrained(root / "small-vocab")
     AutoTokenizer.from_pretrained(embedded_folder()).save_pretrained(root / "small-vocab")
@@ -213,12 +405,40 @@ def test_the_table_has_at_least_forty_cases():
     assert len(CASES) >= 40
 
 
+# a vocab_map.json beside a draft (draft.vocab_size): ids integers, in range, distinct
+ID_MAPS = [
+    ({"ids": ["5", "1"]}, "ids[0] is '5' (str); expected integer token ids"),
+    ({"ids": [5, 1.0]}, "ids[1] is 1.0 (float); expected integer token ids"),
+    ({"ids": [True, 2]}, "ids[0] is True (bool); expected integer token ids"),
+    ({"ids": [[1], 2]}, "ids[0] is [1] (list)"),
+    ({"ids": [3, -1]}, "ids[1]: id -1 is outside the tokenizer's 10 ids"),
+    ({"ids": [3, 10]}, "ids[1]: id 10 is outside the tokenizer's 10 ids"),
+    ({"ids": [3, 4, 3]}, "ids[2] is 3, which the map already holds"),
+    ({"ids": {"0": 1}}, 'not an id map (expected {"ids": [token ids'),
+    ([1, 2, 3], "not an id map"),
+]
+
+
+@pytest.mark.parametrize("saved, message", ID_MAPS, ids=[m for _, m in ID_MAPS])
+def test_a_bad_vocab_map_is_one_line_naming_the_entry(tmp_path, saved, message):
+    from specfair.errors import SpecfairError
+    from specfair.vocab import VOCAB_MAP, load_id_map
+
+    (tmp_path / VOCAB_MAP).write_text(json.dumps(saved))
+    with pytest.raises(SpecfairError) as err:
+        load_id_map(tmp_path, 2, tokens=10)
+    assert message in str(err.value) and str(tmp_path / VOCAB_MAP) in str(err.value)
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("command, args, message", CASES, ids=[f"{c}:{' '.join(a)}" for c, a, _ in CASES])
 def test_bad_input_is_one_error_line_with_exit_status_2(
     bad_files, tmp_path, monkeypatch, command, args, message
 ):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     monkeypatch.delenv("SPECFAIR_DEBUG", raising=False)
+    for name in ("SLURM_NTASKS", "TORCHELASTIC_RUN_ID", "LSB_JOBID", "MASTER_ADDR"):  # no multi-node launcher
+        monkeypatch.delenv(name, raising=False)
     args = [a.replace("FILES", str(bad_files)) for a in args]
     status, stderr = run_in_process(command, args, tmp_path / "run")
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]

@@ -118,7 +118,7 @@ def test_local_jsonl_with_named_fields(local_cfg, tmp_path):
         ),
         ([{"text": "a", "label": "x"}, {"text": "b"}], {}, "row 2 has no 'label'"),
         ([{"text": " ", "label": "x"}], {}, "every text is empty"),
-        ([{"text": "a", "label": 7}], {"label_names": ["p", "q"]}, "label 7 outside label_names"),
+        ([{"text": "a", "label": 7}], {"label_names": ["p", "q"]}, "label 7 outside dataset.label_names"),
     ],
 )
 def test_bad_rows_are_one_clear_error(local_cfg, tmp_path, rows, fields, message):
@@ -240,6 +240,9 @@ def test_rotating_head_makes_the_k_cyclic_assignments():
         ({"ratio": 0.5}, "must be >= 1"),
         ({"ratio": 2, "profile": "linear"}, "expected exponential or step"),
         ({"ratio": 2, "head": "zzz"}, "expected rotate, an index or one of"),
+        ({"ratio": 2, "head": 5}, "dataset.imbalance.head=5: an index of the 5 categories is 0 to 4"),
+        ({"ratio": 2, "head": 99}, "dataset.imbalance.head=99: an index"),  # was taken modulo: 'e' the head
+        ({"ratio": 2, "head": "rotate", "rotation": 5}, "dataset.imbalance.rotation=5: an index"),
     ],
 )
 def test_bad_imbalance_is_one_clear_error(imbalance, message):
@@ -343,3 +346,70 @@ def test_full_emotion_holds_its_prompts_out(dataset_cfg, shared_data):
     assert splits.categories == ["sadness", "joy", "love", "anger", "fear", "surprise"]
     assert Counter(r.category for r in splits.eval) == {c: 50 for c in splits.categories}
     assert Counter(r.category for r in splits.train)["surprise"] == 184 - 50
+
+
+# --- issue 30: every row checked on load ----------------------------------------------------------------
+
+
+def test_a_bad_row_names_its_line_past_blank_lines(local_cfg, tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "a", "category": "x"}\n\n\n{"text": 7, "category": "y"}\n')
+    with pytest.raises(
+        SpecfairError, match=r"rows.jsonl:4: field 'text' is 7 \(an integer\); expected a string"
+    ):
+        load_rows(local_cfg(path, category_field="category"))
+
+
+def test_a_text_under_two_categories_is_kept_logged_and_evaluated_once(local_cfg, tmp_path, caplog):
+    rows = [{"text": f"text {i}", "category": "ab"[i % 2]} for i in range(8)] + [
+        {"text": "text 1", "category": "a"}
+    ]
+    cfg = local_cfg(write_jsonl(tmp_path / "rows.jsonl", rows), category_field="category", per_category=8)
+    kept, _ = load_rows(cfg)
+    assert [(r.text, r.category) for r in kept if r.text == "text 1"] == [("text 1", "b"), ("text 1", "a")]
+    assert "1 text(s) filed under two categories (e.g." in caplog.text and "rows.jsonl:2 'b'" in caplog.text
+    splits = build_splits(cfg, seed=0)  # every row held out: 'text 1' drawn under both, evaluated once
+    assert [r.category for r in splits.eval if r.text == "text 1"] == [splits.categories[0]]
+    assert len({r.id for r in splits.eval}) == len(splits.eval) == 8
+    assert "1 prompt(s) drawn under two categories" in caplog.text
+
+
+def test_full_emotion_keeps_its_five_texts_under_two_labels_and_its_prompts(dataset_cfg, shared_data, caplog):
+    """The emotion sample files 5 texts under two labels: kept (Q2 runs on this file), said in one log line."""
+    splits = build_splits(dataset_cfg("emotion_full", per_category=50), seed=0)
+    assert "emotion_sample.jsonl: 5 text(s) filed under two categories" in caplog.text
+    assert "prompt(s) drawn under two categories" not in caplog.text  # its prompts as before
+    assert len({r.id for r in splits.eval}) == len(splits.eval) == 300  # no prompt drawn twice
+    assert not {r.id for r in splits.eval} & {r.id for r in splits.train}
+
+
+@pytest.mark.parametrize(
+    "records, fields, message",
+    [
+        (
+            [{"text": "a", "c": 1}, {"text": "b", "c": "1"}],
+            {},
+            r":2: field 'c' is '1' \(a string\), but .*:1 has 1",
+        ),
+        ([{"text": "a", "c": 1}, {"text": "b", "c": None}], {}, "row 2 has no 'c'"),
+        ([{"text": "a", "c": [1, 2]}], {}, r"field 'c' is \[1, 2\] \(a list\); expected one category"),
+        ([{"text": "a", "c": True}], {"label_names": ["x", "y"]}, "with label_names a label is an index"),
+        ([{"text": ["a", "b"], "c": "x"}, {"text": [{"role": "user"}], "c": "x"}], {}, "first turn is"),
+        ([{"text": "a", "c": "x", "t": 3}], {"target_field": "t"}, r"field 't' is 3 \(an integer\)"),
+        ([{"text": "a", "c": "x"}], {"category_field": None}, "dataset.category_field=null: name the field"),
+        ([{"text": "a", "c": "x"}], {"text_field": "body"}, r"no field 'body'; .* \(dataset.text_field\)"),
+    ],
+)
+def test_each_row_is_checked_in_one_line(local_cfg, tmp_path, records, fields, message):
+    path = write_jsonl(tmp_path / "rows.jsonl", records)
+    with pytest.raises(SpecfairError, match=message) as err:
+        load_rows(local_cfg(path, **{"category_field": "c", "label_names": None, **fields}))
+    assert "\n" not in str(err.value)
+
+
+def test_a_split_field_no_row_has_is_named(local_cfg, tmp_path):
+    path = write_jsonl(tmp_path / "rows.jsonl", [{"text": "a", "category": "x", "part": "train"}])
+    with pytest.raises(SpecfairError, match="dataset.split_field='split': no row of .* has that field"):
+        build_splits(local_cfg(path, category_field="category", split_field="split"), seed=0)
+    with pytest.raises(SpecfairError, match=r"no row of .* has part='eval' \(values found: train\)"):
+        build_splits(local_cfg(path, category_field="category", split_field="part"), seed=0)

@@ -136,3 +136,74 @@ def test_partial_records_are_read_once_and_a_torn_line_is_dropped(tmp_path):
     (tmp_path / "samples.rank1.partial.jsonl").write_text(json.dumps({**record, "id": "other"}) + "\n")
     with pytest.raises(SpecfairError, match="not this run's prompt"):
         resume.read_partials(tmp_path, prompts)
+
+
+# --- issue 30: a failed start holds nothing to resume; the prompts' tokens are a resume and pairing key -------
+
+
+@pytest.mark.parametrize("partial", ["", '{"index": 0, "id": "p0", "categ'], ids=["empty", "torn"])
+def test_a_failed_start_is_reused_by_the_corrected_command(tmp_path, partial):
+    """A start that finished no prompt (error.txt, .hydra, an empty or torn partial file) is no killed run."""
+    resume.prepare(tmp_path, meta(max_new_tokens=100_000), "auto")
+    (tmp_path / "samples.rank0.partial.jsonl").write_text(partial)
+    (tmp_path / "error.txt").write_text("unexpected RuntimeError: ...\n")
+    (tmp_path / ".hydra").mkdir()
+    assert not resume.unfinished(tmp_path)
+    resume.prepare(tmp_path, meta(max_new_tokens=32), "auto")  # the fixed command, same folder
+    assert not resume.partial_files(tmp_path)
+    assert json.loads((tmp_path / resume.STATE).read_text())["spec"]["max_new_tokens"] == 32
+
+
+@pytest.fixture(scope="module")
+def prompt_sets(compose_cfg):
+    """{name: prompt-set fingerprint} of the default evaluation's prompts under other prompt settings
+    (the tokenizer only: no model loads)."""
+    from specfair.evaluation.run import check_before_loading, prompt_set_hash
+
+    variants = {
+        "default": [],
+        "again": [],
+        "template": ["dataset.prompt_template='Text: {text}'"],
+        "chat": ["dataset.chat=true"],
+        "prompt_tokens": ["dataset.prompt_tokens=16"],
+    }
+    return {
+        name: prompt_set_hash(check_before_loading(compose_cfg(*o, "dataset.per_category=2")).prompts)
+        for name, o in variants.items()
+    }
+
+
+def test_the_prompt_set_is_the_prompts_token_ids(prompt_sets):
+    assert prompt_sets["default"] == prompt_sets["again"] and prompt_sets["default"].startswith("t:")
+    assert len(set(prompt_sets.values())) == 4  # template, chat and prompt_tokens each another prompt set
+
+
+def test_a_killed_run_of_another_template_is_refused_and_does_not_pair(tmp_path, prompt_sets):
+    from specfair.analysis.comparisons import pairing_mismatch
+
+    old, new = (
+        {**meta(), "prompt_set": prompt_sets["default"]},
+        {**meta(), "prompt_set": prompt_sets["template"]},
+    )
+    resume.prepare(tmp_path, old, "auto")
+    (tmp_path / "samples.rank0.partial.jsonl").write_text('{"index": 0}\n')
+    with pytest.raises(SpecfairError, match=r"prompt_set=.*another dataset.prompt_template, dataset.chat"):
+        resume.prepare(tmp_path, new, "auto")
+    assert pairing_mismatch(old, new) == "prompt_set" and pairing_mismatch(old, dict(old)) is None
+
+
+def test_a_summary_with_the_old_fingerprint_loads_but_pairs_with_no_new_run(tmp_path, prompt_sets):
+    """Fingerprints before token ids (16 hex digits of ids, categories and lengths): still read; they
+    pair with nothing new, and resuming one says why."""
+    from specfair.analysis.comparisons import pairing_mismatch
+    from specfair.records import RunSummary
+
+    legacy = {**meta(), "prompt_set": "0123456789abcdef"}
+    summary = RunSummary.from_dict({**legacy, "dataset": {"name": "agnews"}, "pair": {"name": "p"},
+                                    "draft": {"name": "base"}, "overall": {}, "categories": {}})  # fmt: skip
+    assert summary.prompt_set == "0123456789abcdef"
+    assert pairing_mismatch(summary, {**legacy, "prompt_set": prompt_sets["default"]}) == "prompt_set"
+    resume.prepare(tmp_path, legacy, "auto")
+    (tmp_path / "samples.rank0.partial.jsonl").write_text('{"index": 0}\n')
+    with pytest.raises(SpecfairError, match="a fingerprint from before prompt sets covered token ids"):
+        resume.prepare(tmp_path, {**legacy, "prompt_set": prompt_sets["default"]}, "auto")

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from specfair.errors import SpecfairError
 from specfair.records import find_train_summary
@@ -118,6 +125,28 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, option: str = "pai
             "is corrupt, cut short or of another architecture"
         ) from None
     return model.eval().requires_grad_(False)
+
+
+def load_config(name: str, option: str = "pair.target") -> PretrainedConfig:
+    """A model's config (its config.json) without its weights: the context length and layer count the start-up
+    checks need before anything heavy loads. Refused in the words `load_model` would use."""
+    source = resolve_source(name)
+    if source.startswith(("/", ".", "~")) and not Path(source).expanduser().is_dir():
+        raise SpecfairError(f"{option}={name}: no such folder")
+    try:
+        return AutoConfig.from_pretrained(source)
+    except OSError as err:
+        raise SpecfairError(f"{option}={name}: cannot load a model there ({_first_line(err)})") from None
+    except Exception as err:  # an unknown model_type, a config.json that is not JSON
+        raise SpecfairError(
+            f"{option}={name}: cannot load the model ({type(err).__name__}: {_first_line(err)}); the checkpoint "
+            "is corrupt, cut short or of another architecture"
+        ) from None
+
+
+def context_length(config: PretrainedConfig) -> int:
+    """Positions the model can attend over (`max_position_embeddings`; unbounded when a config has none)."""
+    return getattr(config, "max_position_embeddings", None) or 1 << 30
 
 
 def _first_line(err: BaseException) -> str:

@@ -99,13 +99,27 @@ def load_id_map(folder: str | Path, size: int, tokens: int) -> tuple[list[int], 
         return None
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
-        ids, source = [int(i) for i in saved["ids"]], str(saved.get("source", path))
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError) as err:
         raise SpecfairError(f"{path}: not an id map ({type(err).__name__}: {err})") from None
-    if ids and max(ids) >= tokens:
-        raise SpecfairError(
-            f"{path}: id {max(ids)} is outside the tokenizer's {tokens} ids (another tokenizer?)"
-        )
+    ids = saved.get("ids") if isinstance(saved, dict) else None
+    if not isinstance(ids, list):
+        raise SpecfairError(f'{path}: not an id map (expected {{"ids": [token ids, most frequent first]}})')
+    source = str(saved.get("source", path))
+    seen: set[int] = set()
+    for position, i in enumerate(ids):
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise SpecfairError(
+                f"{path}: ids[{position}] is {i!r} ({type(i).__name__}); expected integer token ids"
+            )
+        if not 0 <= i < tokens:
+            raise SpecfairError(
+                f"{path}: ids[{position}]: id {i} is outside the tokenizer's {tokens} ids (another tokenizer?)"
+            )
+        if i in seen:
+            raise SpecfairError(
+                f"{path}: ids[{position}] is {i}, which the map already holds; expected distinct ids"
+            )
+        seen.add(i)
     if len(ids) < size:
         raise SpecfairError(
             f"draft.vocab_size={size}: {path} holds only {len(ids)} ids (those its training data used); "

@@ -54,11 +54,26 @@ class Splits:
 # --- reading -----------------------------------------------------------------------------------------
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+class Records(list):
+    """Raw records of a JSON-lines file, with each one's line number (`lines`), so errors name the line."""
+
+    lines: list[int]
+
+    def __init__(self, records=(), lines=()):
+        super().__init__(records)
+        self.lines = list(lines)
+
+    def where(self, predicate) -> Records:
+        """The records `predicate` keeps, with their line numbers."""
+        kept = [(r, n) for r, n in zip(self, self.lines, strict=True) if predicate(r)]
+        return Records([r for r, _ in kept], [n for _, n in kept])
+
+
+def read_jsonl(path: str | Path) -> Records:
     path = Path(path)
     if not path.is_file():
         raise SpecfairError(f"dataset file {path} not found")
-    records = []
+    records = Records()
     with path.open(encoding="utf-8") as f:
         lines = _utf8_lines(f, path)
         for number, line in enumerate(lines, 1):
@@ -71,6 +86,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
             if not isinstance(record, dict):
                 raise SpecfairError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
             records.append(record)
+            records.lines.append(number)
     return records
 
 
@@ -147,12 +163,21 @@ def load_pools(cfg: DictConfig) -> tuple[list[dict], list[dict] | None, str]:
         split_field = cfg.get("split_field")
         if not split_field:
             return records, None, "local"
-        by_split = {"eval": [], "train": []}
-        for r in records:
-            value = str(r.get(split_field))
-            for role in by_split:
-                if value == str(cfg.get(f"{role}_split_value", role)):
-                    by_split[role].append(r)
+        if records and not any(split_field in r for r in records):
+            raise SpecfairError(
+                f"dataset.split_field={split_field!r}: no row of {cfg.path} has that field "
+                f"(rows have fields {sorted(records[0])})"
+            )
+        by_split = {}
+        for role in ("eval", "train"):
+            wanted = str(cfg.get(f"{role}_split_value", role))
+            by_split[role] = _subset(records, lambda r, wanted=wanted: str(r.get(split_field)) == wanted)
+        if records and not by_split["eval"]:
+            found = sorted({str(r.get(split_field)) for r in records})[:8]
+            raise SpecfairError(
+                f"dataset.eval_split_value={cfg.get('eval_split_value', 'eval')!r}: no row of {cfg.path} has "
+                f"{split_field}={cfg.get('eval_split_value', 'eval')!r} (values found: {', '.join(found)})"
+            )
         return by_split["eval"], by_split["train"], "local"
     if source == "hub" or (
         source == "auto" and cfg.get("hub") and (hub_reachable() or os.environ.get("HF_HUB_OFFLINE"))
@@ -170,15 +195,23 @@ def load_pools(cfg: DictConfig) -> tuple[list[dict], list[dict] | None, str]:
             )
     if not cfg.get("bundled"):
         raise SpecfairError(
-            f"dataset {cfg.name} ships no bundled sample and the hub is unreachable: "
+            f"dataset {cfg.name} ships no bundled sample (dataset.bundled=null) and the hub is unreachable: "
             "set dataset.path=FILE or run with internet (dataset.source=hub)"
         )
     records = read_jsonl(cfg.bundled)
+    if records and not any(r.get("split") == "eval" for r in records):
+        raise SpecfairError(
+            f'{cfg.bundled}: no row with "split": "eval" (a bundled sample marks each row\'s split)'
+        )
     return (
-        [r for r in records if r.get("split") == "eval"],
-        [r for r in records if r.get("split") == "train"],
+        records.where(lambda r: r.get("split") == "eval"),
+        records.where(lambda r: r.get("split") == "train"),
         "bundled",
     )
+
+
+def _subset(records: list[dict], predicate) -> list[dict]:
+    return records.where(predicate) if isinstance(records, Records) else [r for r in records if predicate(r)]
 
 
 # --- normalising -------------------------------------------------------------------------------------
@@ -190,24 +223,72 @@ def _field_text(value) -> str:
     return "" if value is None else str(value)
 
 
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+KINDS = {str: "a string", int: "an integer", float: "a number with a point", bool: "true or false"}
+
+
+def _kind(value) -> str:
+    return KINDS.get(type(value), f"a {type(value).__name__}")
+
+
+def _check_text(value, name: str, where: str) -> None:
+    """A text field holds a string (or null: an empty text), or a list of turns whose first is a string."""
+    first = (value[0] if value else None) if isinstance(value, list) else value
+    if first is not None and not isinstance(first, str):
+        what = f"{_shown(first)} ({_kind(first)})"
+        if isinstance(value, list):
+            what = f"a list whose first turn is {what}"
+        raise SpecfairError(f"{where}: field {name!r} is {what}; expected a string")
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)  # a CSV's empty cell: NaN
+
+
 def to_rows(records: list[dict], cfg: DictConfig, origin: str, source: str = "local") -> list[Row]:
-    """Normalise raw records to rows; skip (and count) empty texts; bad fields are one clear error."""
+    """Normalise raw records to rows; skip (and count) empty texts; a bad field is one error naming the file,
+    the line (row, where lines are unknown) and the field.
+
+    Checked on every row: texts are strings; a category is one scalar, of one type for the whole file (1, 1.0
+    and true are three categories as strings, so a mix is refused); integer labels are within `label_names`.
+    A text filed under two categories is kept under each (the emotion sample has five such texts) and counted
+    in one log line; `splits` evaluates it once and never trains on a text it evaluates.
+    """
     text_fields = [cfg.text_field] if isinstance(cfg.text_field, str) else list(cfg.text_field)
     target_field = cfg.get("target_field")
     category_field = cfg.get("category_field")
     label_names = list(cfg.get("label_names") or [])
     if not records:
         raise SpecfairError(f"{origin}: no rows")
+    lines = getattr(records, "lines", None)
+
+    def where(number: int) -> str:
+        return f"{origin}:{lines[number - 1]}" if lines else f"{origin}: row {number}"
+
     fields = sorted(records[0])
-    for name in [
-        *text_fields,
-        *([category_field] if category_field else []),
-        *([target_field] if target_field else []),
-    ]:
+    if not category_field and cfg.get("category_from") != "url":
+        raise SpecfairError(
+            f"dataset.category_field={'null' if category_field is None else repr(category_field)}: name the "
+            f"field holding each row's category, or set dataset.category_from=url (rows of {origin} have "
+            f"fields {fields})"
+        )
+    named = [(f, "text_field") for f in text_fields] + [
+        (f, option) for f, option in ((category_field, "category_field"), (target_field, "target_field")) if f
+    ]
+    for name, option in named:
         if name not in records[0]:
-            raise SpecfairError(f"{origin}: no field {name!r}; rows have fields {fields}")
+            raise SpecfairError(f"{origin}: no field {name!r}; rows have fields {fields} (dataset.{option})")
     categories = url_categories(records, cfg, source) if cfg.get("category_from") == "url" else None
     rows, empty, unknown = [], 0, 0
+    first_kind: tuple[type, object, int] | None = (
+        None  # the file's category type, and where it was first seen
+    )
+    filed: dict[str, tuple[str, int]] = {}  # text id -> (category, row number) where first seen
+    twice: dict[str, tuple[int, str, int, str]] = {}  # text id -> (first row, its category, row, category)
     for number, record in enumerate(records, 1):
         if categories is not None:
             category = categories[number - 1]
@@ -215,30 +296,65 @@ def to_rows(records: list[dict], cfg: DictConfig, origin: str, source: str = "lo
                 unknown += 1
                 continue
         else:
-            if record.get(category_field) is None:
+            category = record.get(category_field)
+            if _missing(category):
                 raise SpecfairError(
                     f"{origin}: row {number} has no {category_field!r} (rows have fields {fields})"
                 )
-            category = record[category_field]
-            if label_names and isinstance(category, int):
+            if not isinstance(category, str | int | float):  # bool is an int
+                raise SpecfairError(
+                    f"{where(number)}: field {category_field!r} is {_shown(category)} ({_kind(category)}); "
+                    "expected one category: a string or a number"
+                )
+            if first_kind is None:
+                first_kind = (type(category), category, number)
+            elif type(category) is not first_kind[0]:
+                raise SpecfairError(
+                    f"{where(number)}: field {category_field!r} is {_shown(category)} ({_kind(category)}), but "
+                    f"{where(first_kind[2])} has {_shown(first_kind[1])} ({_kind(first_kind[1])}): one type of "
+                    "category per file"
+                )
+            if label_names and not isinstance(category, str):
+                if isinstance(category, bool) or not isinstance(category, int):
+                    raise SpecfairError(
+                        f"{where(number)}: field {category_field!r} is {_shown(category)}; with label_names "
+                        "a label is an index (an integer) or a name"
+                    )
                 if not 0 <= category < len(label_names):
                     raise SpecfairError(
-                        f"{origin}: row {number}: label {category} outside label_names {label_names}"
+                        f"{origin}: row {number}: label {category} outside dataset.label_names {label_names}"
                     )
                 category = label_names[category]
+        for f in text_fields:
+            _check_text(record.get(f), f, where(number))
+        if target_field:
+            _check_text(record.get(target_field), target_field, where(number))
         text = cfg.get("text_join", " ").join(
             t for t in (_field_text(record.get(f)) for f in text_fields) if t
         )
         if not text.strip():
             empty += 1
             continue
-        rows.append(Row(text, str(category), _field_text(record.get(target_field)) if target_field else ""))
+        row = Row(text, str(category), _field_text(record.get(target_field)) if target_field else "")
+        seen = filed.setdefault(row.id, (row.category, number))
+        if seen[0] != row.category:
+            twice.setdefault(row.id, (seen[1], seen[0], number, row.category))
+        rows.append(row)
     if empty:
         log.warning("%s: skipped %d empty or whitespace-only texts", origin, empty)
     if unknown:
         log.warning(
             "%s: dropped %d rows whose URL is not in dataset.url_lists (no category)", origin, unknown
         )
+    if twice:
+        a, ca, b, cb = next(iter(twice.values()))
+        log.warning(
+            "%s: %d text(s) filed under two categories (e.g. %s %r and %s %r): each is kept under both; "
+            "a text drawn as a prompt is evaluated once and never trained on",
+            origin, len(twice), where(a), ca, where(b), cb,
+        )  # fmt: skip
+    if not rows and unknown:
+        raise SpecfairError(f"{origin}: no row's URL is in dataset.url_lists, so no row has a category")
     if not rows:
         raise SpecfairError(f"{origin}: every text is empty")
     return rows

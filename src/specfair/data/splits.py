@@ -63,22 +63,12 @@ def imbalance_counts(categories: list[str], n_max: int, imbalance: DictConfig | 
     """
     ratio = float(imbalance.get("ratio", 1))
     profile = imbalance.get("profile", "exponential")
-    head = imbalance.get("head", 0)
     if ratio < 1:
         raise SpecfairError(f"dataset.imbalance.ratio={ratio}: must be >= 1 (n_max / n_min)")
     if profile not in ("exponential", "step"):
         raise SpecfairError(f"dataset.imbalance.profile={profile!r}: expected exponential or step")
     k = len(categories)
-    if head == "rotate":
-        start = int(imbalance.get("rotation", 0)) % k
-    elif isinstance(head, int) or str(head).isdigit():
-        start = int(head) % k
-    elif head in categories:
-        start = categories.index(head)
-    else:
-        raise SpecfairError(
-            f"dataset.imbalance.head={head!r}: expected rotate, an index or one of {categories}"
-        )
+    start = head_index(categories, imbalance)
     order = categories[start:] + categories[:start]
     counts = {}
     for rank, category in enumerate(order):
@@ -90,10 +80,34 @@ def imbalance_counts(categories: list[str], n_max: int, imbalance: DictConfig | 
     if min(counts.values()) < 1:
         smallest = min(counts, key=counts.get)
         raise SpecfairError(
-            f"dataset.imbalance: ratio {ratio:g} with {n_max} rows for the head leaves {smallest!r} with 0 rows; "
+            f"dataset.imbalance.ratio={ratio:g} with {n_max} rows for the head leaves {smallest!r} with 0 rows; "
             "raise dataset.train_per_category or lower the ratio"
         )
     return {c: counts[c] for c in categories}
+
+
+def head_index(categories: list[str], imbalance: DictConfig | dict) -> int:
+    """The index of the head category: `head` as an index or a name, or `rotation` with head=rotate."""
+    head = imbalance.get("head", 0)
+    if head == "rotate":
+        return _index(imbalance.get("rotation", 0), categories, "dataset.imbalance.rotation")
+    if isinstance(head, int) or str(head).isdigit():
+        return _index(head, categories, "dataset.imbalance.head")
+    if head in categories:
+        return categories.index(head)
+    raise SpecfairError(f"dataset.imbalance.head={head!r}: expected rotate, an index or one of {categories}")
+
+
+def _index(value, categories: list[str], option: str) -> int:
+    """A category index, within range: an index past the last category is refused, never taken modulo (that
+    would silently make another category the head)."""
+    index = int(value)
+    if not 0 <= index < len(categories):
+        raise SpecfairError(
+            f"{option}={value}: an index of the {len(categories)} categories is 0 to {len(categories) - 1} "
+            f"({', '.join(f'{i} {c}' for i, c in enumerate(categories))}); or name one"
+        )
+    return index
 
 
 def select_training(
@@ -101,6 +115,7 @@ def select_training(
 ) -> tuple[list[Row], dict]:
     """Training rows per the imbalance config; with a token `budget` the mix changes, not the total."""
     imbalance = cfg.get("imbalance") or {}
+    head_index(categories, imbalance)  # a head past the categories is refused even where the ratio is 1
     available = {c: _shuffled(rows, c, seed, "train") for c in categories}
     n_max = cfg.get("train_per_category")
     if n_max is None and float(imbalance.get("ratio", 1)) == 1 and not imbalance.get("budget"):
@@ -169,11 +184,26 @@ def build_splits(cfg: DictConfig, seed: int, count_tokens=None) -> Splits:
                 "dropped %d training texts that also occur among the evaluation texts",
                 len(train_pool) - len(candidates),
             )
+    eval_rows = _evaluated_once(eval_rows)
     train_rows, counts = [], {}
     if candidates:
         train_rows, counts = select_training(candidates, categories, cfg, seed, count_tokens)
     check_disjoint(eval_rows, train_rows)
     return Splits(source, categories, eval_rows, train_rows, counts)
+
+
+def _evaluated_once(rows: list[Row]) -> list[Row]:
+    """A text filed under two categories and drawn as a prompt in both is evaluated once, under the first
+    (`rows.to_rows` logs such texts); no shipped dataset draws one twice, so their prompts are unchanged."""
+    seen: set[str] = set()
+    kept = [r for r in rows if not (r.id in seen or seen.add(r.id))]
+    if len(kept) < len(rows):
+        log.warning(
+            "%d prompt(s) drawn under two categories (the same text filed under both) are evaluated once, "
+            "under the first",
+            len(rows) - len(kept),
+        )
+    return kept
 
 
 def held_out_settings(cfg: DictConfig) -> dict:

@@ -6,6 +6,13 @@ folder continues from those records, after checking the settings are the same; `
 latest unfinished run with the same settings beside a fresh run folder and continues it there; `resume=false`
 starts over. Records are per prompt and every prompt's random stream is its own, so a resumed run's counters
 equal an uninterrupted run's.
+
+A run folder whose partial files hold no finished prompt (a run that failed at start-up or on its first prompt:
+`error.txt`, `.hydra`, an empty `samples.rank0.partial.jsonl`) has nothing to resume: the corrected command
+reuses it, whatever settings the failed start had.
+
+The prompt set (`prompt_set`, a fingerprint of every prompt's token ids) is one of the settings, so a rerun with
+another `dataset.prompt_template`, `dataset.chat` or `dataset.prompt_tokens` is another run, not a resumption.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ STATE = "resume.json"
 PARTIAL = "samples.rank*.partial.jsonl"
 MOVED = "resumed_in.txt"  # left in a run folder whose records a later run took over
 VOLATILE = ("world_size",)  # may change between the killed run and its resumption
+PROMPT_SET_PREFIX = (
+    "t:"  # prompt-set fingerprints of token ids start so (older ones: ids, categories, lengths)
+)
 
 
 def settings(meta: dict) -> dict:
@@ -45,8 +55,29 @@ def partial_files(folder: Path) -> list[Path]:
     return sorted(folder.glob(PARTIAL))
 
 
+def holds_a_record(path: Path) -> bool:
+    """Whether a partial file holds at least one finished prompt's record (a whole JSON line)."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    return False  # the line being written when the run stopped
+                try:
+                    if isinstance(json.loads(line), dict):
+                        return True
+                except ValueError:
+                    continue
+    except OSError:
+        return False
+    return False
+
+
+def has_records(folder: Path) -> bool:
+    return any(holds_a_record(path) for path in partial_files(folder))
+
+
 def unfinished(folder: Path) -> bool:
-    return bool(partial_files(folder)) and not (folder / "summary.json").is_file()
+    return has_records(folder) and not (folder / "summary.json").is_file()
 
 
 def _check_same(folder: Path, meta: dict) -> None:
@@ -61,8 +92,16 @@ def _check_same(folder: Path, meta: dict) -> None:
     diff = first_difference(old, settings(meta))
     if diff:
         key, was, now = diff
+        why = ""
+        if key == "prompt_set":
+            why = (
+                " (a fingerprint from before prompt sets covered token ids)"
+                if isinstance(was, str) and not was.startswith(PROMPT_SET_PREFIX)
+                else " (other prompt tokens: another dataset.prompt_template, dataset.chat, dataset.prompt_tokens "
+                "or tokenizer?)"
+            )
         raise SpecfairError(
-            f"{folder}: holds a killed run with {key}={was!r}, this run has {now!r}; rerun with the same "
+            f"{folder}: holds a killed run with {key}={was!r}, this run has {now!r}{why}; rerun with the same "
             "settings, pass resume=false to start over, or choose another hydra.run.dir"
         )
 
@@ -87,6 +126,10 @@ def _latest_unfinished(folder: Path, meta: dict) -> Path | None:
 def prepare(out_dir: Path, meta: dict, resume) -> None:
     """Before evaluating: start over (resume=false), or check and keep the partial records to continue."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if partial_files(out_dir) and not has_records(out_dir):  # a failed start: nothing to resume
+        for path in partial_files(out_dir):
+            path.unlink(missing_ok=True)
+        log.info("%s: an earlier start here finished no prompt; starting afresh", out_dir)
     if resume is False or str(resume).lower() == "false":
         for path in partial_files(out_dir):
             path.unlink(missing_ok=True)

@@ -1,9 +1,17 @@
-"""`evaluate.py`: load the data and the pair, run the decode or replay loop, log and return the summary."""
+"""`evaluate.py`: check everything that needs no weights, load the pair, run the decode or replay loop, log and
+return the summary.
+
+The order is the user's time: `check_before_loading` refuses a bad setting, data file, split or prompt in one
+line within seconds (it reads only the target's config.json and the tokenizer); the target and draft weights
+load after it, and only what needs them (Spec-Bench's second turns, `draft.vocab_size` against the heads, the
+draft's layers) is checked after they load.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -14,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from specfair.analysis.comparisons import pairing_mismatch
 from specfair.data import spec_bench
 from specfair.data.prompts import tokenize_prompts, train_text
-from specfair.data.rows import Prompt
+from specfair.data.rows import Prompt, Splits
 from specfair.data.splits import build_splits, held_out_settings
 from specfair.decoding.continuations import ContinuationCache, weights_fingerprint
 from specfair.decoding.drafters import build_drafter
@@ -22,7 +30,14 @@ from specfair.decoding.engine import check_generation_args, eos_set
 from specfair.errors import SpecfairError
 from specfair.evaluation import resume
 from specfair.evaluation.module import DecodeModule, ReplayModule
-from specfair.models import MODEL_FREE_DRAFTS, Pair, load_pair
+from specfair.models import (
+    MODEL_FREE_DRAFTS,
+    Pair,
+    context_length,
+    load_config,
+    load_pair,
+    load_tokenizer,
+)
 from specfair.records import find_train_summary, load_samples, load_summary
 from specfair.tracking import log_evaluation
 from specfair.training.run import load_train_ids
@@ -48,9 +63,15 @@ def device_hint(trainer_cfg: DictConfig) -> str:
 
 
 def prompt_set_hash(prompts: list[Prompt]) -> str:
-    """Two runs pair prompt by prompt only if they evaluated the same prompts in the same order."""
-    joined = "\n".join(f"{p.id}:{p.category}:{len(p.input_ids)}" for p in prompts)
-    return hashlib.sha1(joined.encode()).hexdigest()[:16]
+    """Two runs pair prompt by prompt, and a killed run resumes, only if they evaluated the same prompts in the
+    same order: the same rows, categories and token ids (so another dataset.prompt_template, dataset.chat,
+    dataset.prompt_tokens or tokenizer is another prompt set). Fingerprints start with `t:`; a summary written
+    before they covered token ids (16 hex digits of ids, categories and lengths) still loads, and pairs with
+    none of these."""
+    digest = hashlib.sha1()
+    for p in prompts:
+        digest.update(f"{p.id}:{p.category}:{','.join(map(str, p.input_ids))}\n".encode())
+    return resume.PROMPT_SET_PREFIX + digest.hexdigest()[:16]
 
 
 def draft_training(draft_cfg: DictConfig) -> dict | None:
@@ -113,9 +134,20 @@ def check_mode(cfg: DictConfig, spec: dict) -> str:
     return mode
 
 
-def load_prompts(cfg: DictConfig, pair: Pair, spec: dict):
-    """The run's splits and its tokenized evaluation prompts, cut to fit the context with room to decode."""
-    tokenizer = pair.tokenizer
+def prompt_room(spec: dict, context: int) -> int:
+    """The most tokens a prompt may keep: the context less the new tokens, a block's γ and the bonus token."""
+    room = context - spec["max_new_tokens"] - spec["gamma"] - 1
+    if room < 1:  # config_check refuses this from the config too; here for a run from Python
+        gamma_key = "spec.gamma_max" if spec.get("gamma_auto") else "spec.gamma"
+        raise SpecfairError(
+            f"spec.max_new_tokens={spec['max_new_tokens']} + {gamma_key}={spec['gamma']} leaves no room for a "
+            f"prompt in the target's {context}-token context; lower them"
+        )
+    return room
+
+
+def load_prompts(cfg: DictConfig, tokenizer, max_prompt: int) -> tuple[Splits, list[Prompt]]:
+    """The run's splits and its tokenized evaluation prompts (first turns), cut to `max_prompt` tokens."""
 
     def count_tokens(row):
         return len(tokenizer(train_text(row, cfg.dataset), add_special_tokens=False)["input_ids"])
@@ -127,13 +159,66 @@ def load_prompts(cfg: DictConfig, pair: Pair, spec: dict):
     if splits.train_counts:
         counts = ", ".join(f"{c} {v['rows']}/{v['tokens']}" for c, v in splits.train_counts.items())
         log.info("training texts per category (rows/tokens): %s", counts)
-    context = getattr(pair.target.config, "max_position_embeddings", None) or 1 << 30
-    max_prompt = context - spec["max_new_tokens"] - spec["gamma"] - 1
     prompts = tokenize_prompts(splits.eval, tokenizer, cfg.dataset, max_prompt)
-    if int(cfg.dataset.get("turns") or 1) == 2:  # Spec-Bench's second turn, after the target's own answer
-        answer = spec_bench.greedy_answer(pair.target, tokenizer, pair.vocab_size, spec["max_new_tokens"])
-        prompts = spec_bench.with_turns(prompts, cfg.dataset, tokenizer, answer, max_prompt)
     return splits, prompts
+
+
+@dataclass
+class Prepared:
+    """What `check_before_loading` found: the settings, the data and the first-turn prompts."""
+
+    spec: dict
+    mode: str
+    tokenizer: object
+    max_prompt: int
+    splits: Splits
+    prompts: list[Prompt]
+
+
+def check_before_loading(cfg: DictConfig) -> Prepared:
+    """Every check that needs no model weights, in the order a run meets them: the decoding settings and mode,
+    a model-free drafter's settings, the target (its config.json: context length and layers), the tokenizer,
+    the data files, splits and prompts. A bad input is refused here in seconds, before either model loads."""
+    spec = resolve_gamma(OmegaConf.to_container(cfg.spec, resolve=True))
+    check_generation_args(
+        **{k: v for k, v in spec.items() if k not in ("batch_size", "compile", "gamma_auto")}
+    )
+    mode = check_mode(cfg, spec)
+    if cfg.draft.get("name") in MODEL_FREE_DRAFTS:
+        build_drafter(None, cfg.draft)  # its settings are checked before any model loads
+        for option in ("vocab_size", "quantize"):
+            if cfg.draft.get(option):
+                raise SpecfairError(
+                    f"draft.{option}: draft={cfg.draft.name} has no model to prune or quantize; leave it null"
+                )
+    config = load_config(cfg.pair.target)
+    layers = cfg.draft.get("num_layers")
+    from_target = not (
+        cfg.draft.get("path") or cfg.pair.get("draft") or cfg.draft.get("name") in MODEL_FREE_DRAFTS
+    )
+    if layers is not None and from_target:  # the draft is cut from the target: its layers are known now
+        total = getattr(config, "num_hidden_layers", None)
+        if total and not 1 <= int(layers) <= total:
+            raise SpecfairError(
+                f"draft.num_layers={layers} must be between 1 and the target's {total} layers"
+            )
+    max_prompt = prompt_room(spec, context_length(config))
+    tokenizer = load_tokenizer(cfg.pair.get("tokenizer") or cfg.pair.target)
+    size = cfg.draft.get("vocab_size")
+    if size and cfg.draft.get("name") not in MODEL_FREE_DRAFTS:  # the heads may score fewer: checked again
+        check_size(int(size), len(tokenizer))
+    splits, prompts = load_prompts(cfg, tokenizer, max_prompt)
+    return Prepared(spec, mode, tokenizer, max_prompt, splits, prompts)
+
+
+def second_turns(cfg: DictConfig, pair: Pair, prepared: Prepared) -> list[Prompt]:
+    """dataset.turns=2 (Spec-Bench): each question's second turn after the target's own greedy first answer;
+    the one prompt step that needs the target's weights."""
+    if int(cfg.dataset.get("turns") or 1) != 2:
+        return prepared.prompts
+    spec = prepared.spec
+    answer = spec_bench.greedy_answer(pair.target, pair.tokenizer, pair.vocab_size, spec["max_new_tokens"])
+    return spec_bench.with_turns(prepared.prompts, cfg.dataset, pair.tokenizer, answer, prepared.max_prompt)
 
 
 def check_not_trained_on(draft_path, eval_rows) -> None:
@@ -240,7 +325,11 @@ def reference_records(path, meta: dict) -> dict | None:
         raise SpecfairError(f"compare_to={path}: a {summary.mode} run, expected a decode run")
     differs = pairing_mismatch(summary, meta) or ("draft" if summary.draft != meta["draft"] else None)
     if differs:
-        raise SpecfairError(f"compare_to={path}: that run differs from this one in {differs!r}")
+        old = differs == "prompt_set" and not str(summary.prompt_set or "").startswith(
+            resume.PROMPT_SET_PREFIX
+        )
+        why = " (its prompt fingerprint predates token ids: rerun it to compare)" if old else ""
+        raise SpecfairError(f"compare_to={path}: that run differs from this one in {differs!r}{why}")
     return {r.id: r for r in load_samples(path)}
 
 
@@ -262,17 +351,13 @@ def build_module(cfg, mode, pair, prompts, splits, spec, trainer, options: dict 
 
 
 def evaluate(cfg: DictConfig) -> dict | None:
-    """Load data and pair, run the predict loop, return the summary (on rank 0; None elsewhere)."""
-    spec = resolve_gamma(OmegaConf.to_container(cfg.spec, resolve=True))
-    check_generation_args(
-        **{k: v for k, v in spec.items() if k not in ("batch_size", "compile", "gamma_auto")}
-    )
-    mode = check_mode(cfg, spec)
-    if cfg.draft.get("name") in MODEL_FREE_DRAFTS:
-        build_drafter(None, cfg.draft)  # its settings are checked before any model loads
+    """Check what needs no weights, load the pair, run the predict loop, return the summary (on rank 0; None
+    elsewhere)."""
+    prepared = check_before_loading(cfg)
+    spec, mode, splits = prepared.spec, prepared.mode, prepared.splits
     out_dir = Path(cfg.paths.output_dir)
     pair = load_pair(cfg.pair, cfg.draft, device_hint(cfg.trainer))
-    splits, prompts = load_prompts(cfg, pair, spec)
+    prompts = second_turns(cfg, pair, prepared)
     options = draft_options(cfg, pair, splits)
     # precision 32-true: the weights are in pair.dtype already; trainer=gpu's bf16-mixed autocast would decode
     # in bf16 behind the lossless check's back
