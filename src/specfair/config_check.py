@@ -160,6 +160,11 @@ DRAFT: Schema = {
     "vocab_size": optional(integer(1)),
     "quantize": optional(one_of("int8")),
     "lookup": {"max_ngram": integer(1), "min_ngram": integer(1)},  # draft=lookup: prompt lookup's n-grams
+    "eagle": {  # draft=eagle: a new head's shape (a trained head's own comes from its eagle_config.json)
+        "layers": integer(1),
+        "fusion": one_of("top", "low_mid_top"),
+        "hidden_layers": optional(LIST),
+    },
 }
 PAIR: Schema = {
     "name": TEXT,

@@ -162,6 +162,8 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
 
 
 MODEL_FREE_DRAFTS = ("lookup",)  # drafters that load no model (decoding/drafters.py)
+TARGET_FED_DRAFTS = ("eagle",)  # feature heads: they read the target's states, not a draft model of their own
+NO_DRAFT_MODEL = MODEL_FREE_DRAFTS + TARGET_FED_DRAFTS
 TRUNCATED_LAYERS = 4  # a draft cut from the target when draft.num_layers is null
 
 
@@ -252,7 +254,7 @@ def load_pair(pair_cfg, draft_cfg, device: str | torch.device = "cpu") -> Pair:
     dtype = resolve_dtype(pair_cfg.get("dtype", "auto"), device)
     target = load_model(pair_cfg.target, dtype)
     tokenizer = load_tokenizer(pair_cfg.get("tokenizer") or pair_cfg.target)
-    if draft_cfg.get("name") in MODEL_FREE_DRAFTS:
+    if draft_cfg.get("name") in NO_DRAFT_MODEL:
         return Pair(target.to(device), None, tokenizer)
     draft_source = draft_cfg.get("path") or pair_cfg.get("draft")
     if draft_cfg.get("path"):

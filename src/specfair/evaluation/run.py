@@ -32,6 +32,8 @@ from specfair.evaluation import resume
 from specfair.evaluation.module import DecodeModule, ReplayModule
 from specfair.models import (
     MODEL_FREE_DRAFTS,
+    NO_DRAFT_MODEL,
+    TARGET_FED_DRAFTS,
     Pair,
     context_length,
     load_config,
@@ -121,10 +123,15 @@ def check_mode(cfg: DictConfig, spec: dict) -> str:
         raise SpecfairError(
             f"spec.batch_size={spec.get('batch_size')}: must be >= 1 (prompts per replay batch)"
         )
-    if mode == "replay" and spec["temperature"] > 0 and cfg.draft.get("name") in MODEL_FREE_DRAFTS:
+    if mode == "replay" and spec["temperature"] > 0 and cfg.draft.get("name") in NO_DRAFT_MODEL:
         raise SpecfairError(
-            f"draft={cfg.draft.name}: sampled replay needs the draft's distribution along the target's samples, "
-            "which a model-free drafter defines only inside blocks; use mode=decode or spec.temperature=0"
+            f"draft={cfg.draft.name}: sampled replay needs a draft model's teacher-forced distribution along the "
+            "target's samples, which this drafter does not have; use mode=decode or spec.temperature=0"
+        )
+    if spec.get("compile") and cfg.draft.get("name") in TARGET_FED_DRAFTS:
+        raise SpecfairError(
+            f"spec.compile=true: draft={cfg.draft.name} reads the target's hidden states, which the static "
+            "CUDA-graph caches do not return; use spec.compile=false"
         )
     if cfg.get("compare_to") and (mode != "replay" or spec["temperature"] > 0):
         raise SpecfairError(
@@ -186,6 +193,7 @@ def check_before_loading(cfg: DictConfig) -> Prepared:
     mode = check_mode(cfg, spec)
     if cfg.draft.get("name") in MODEL_FREE_DRAFTS:
         build_drafter(None, cfg.draft)  # its settings are checked before any model loads
+    if cfg.draft.get("name") in NO_DRAFT_MODEL:
         for option in ("vocab_size", "quantize"):
             if cfg.draft.get(option):
                 raise SpecfairError(
@@ -194,7 +202,7 @@ def check_before_loading(cfg: DictConfig) -> Prepared:
     config = load_config(cfg.pair.target)
     layers = cfg.draft.get("num_layers")
     from_target = not (
-        cfg.draft.get("path") or cfg.pair.get("draft") or cfg.draft.get("name") in MODEL_FREE_DRAFTS
+        cfg.draft.get("path") or cfg.pair.get("draft") or cfg.draft.get("name") in NO_DRAFT_MODEL
     )
     if layers is not None and from_target:  # the draft is cut from the target: its layers are known now
         total = getattr(config, "num_hidden_layers", None)
@@ -205,7 +213,7 @@ def check_before_loading(cfg: DictConfig) -> Prepared:
     max_prompt = prompt_room(spec, context_length(config))
     tokenizer = load_tokenizer(cfg.pair.get("tokenizer") or cfg.pair.target)
     size = cfg.draft.get("vocab_size")
-    if size and cfg.draft.get("name") not in MODEL_FREE_DRAFTS:  # the heads may score fewer: checked again
+    if size and cfg.draft.get("name") not in NO_DRAFT_MODEL:  # the heads may score fewer: checked again
         check_size(int(size), len(tokenizer))
     splits, prompts = load_prompts(cfg, tokenizer, max_prompt)
     return Prepared(spec, mode, tokenizer, max_prompt, splits, prompts)
