@@ -35,6 +35,7 @@ BASES = {
     "finetuned": ("evaluate", ["draft=finetuned"]),
     "generalist": ("evaluate", ["draft=generalist"]),
     "lookup": ("evaluate", ["draft=lookup"]),
+    "eagle": ("evaluate", ["draft=eagle"]),
     "spec_bench": ("evaluate", ["dataset=spec_bench"]),
     "cnn_dm": ("evaluate", ["dataset=cnn_dm"]),
     "train": ("train", []),
