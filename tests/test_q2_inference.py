@@ -377,4 +377,6 @@ def test_report_gives_the_rank_test_per_ratio_and_none_at_equal_shares():
     assert test["rho"] > 0 and test["p_value"] < 0.05 and test["runs"] == 8
     assert test["exact"]  # within each seed's 4 runs: 4!^2 reassignments, enumerated
     sentence = f"δ {test['delta']['value']:+.3f} at rho=100, p = {test['delta']['p_value']:.3g} (Spearman "
-    assert sentence + f"{test['rho']:+.2f}, p = {test['p_value']:.3g}; 8 runs" in " ".join(result["sentences"])
+    assert sentence + f"{test['rho']:+.2f}, p = {test['p_value']:.3g}; 8 runs" in " ".join(
+        result["sentences"]
+    )
