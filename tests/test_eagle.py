@@ -274,7 +274,10 @@ def test_padded_vocabulary_rows_are_never_proposed(tiny_llama):
     )
 
 
-@pytest.mark.parametrize("temperature, top_k, top_p, n", [(1.0, None, None, 1500), (0.7, 5, 0.9, 1500)])
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p, n",
+    [(1.0, None, None, 1500), pytest.param(0.7, 5, 0.9, 1500, marks=pytest.mark.slow)],
+)
 def test_sampling_keeps_the_target_distribution(tiny_llama, temperature, top_k, top_p, n):
     target = tiny_llama(0)  # vocab 8
     drafter = EagleDrafter(random_head(target, "low_mid_top", seed=1), target)

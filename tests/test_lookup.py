@@ -62,7 +62,10 @@ def test_greedy_lookup_is_lossless_and_matches_transformers_prompt_lookup(target
     assert accepted >= 20  # the premise: lookup's proposals are often right on this looping model
 
 
-@pytest.mark.parametrize("temperature, top_k, top_p, n", [(1.0, None, None, 2000), (1.5, 6, 0.95, 2000)])
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p, n",
+    [(1.0, None, None, 2000), pytest.param(1.5, 6, 0.95, 2000, marks=pytest.mark.slow)],
+)
 def test_sampled_lookup_keeps_the_target_distribution(tiny_llama, temperature, top_k, top_p, n):
     """q is one-hot: a proposal x is kept with probability p(x) and a rejection resamples from p without x."""
     target = tiny_llama(0)  # vocab 8
