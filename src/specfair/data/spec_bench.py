@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from specfair.data.rows import Prompt, Row, _utf8_lines, read_table
+from specfair.data.rows import Prompt, Row, read_jsonl, read_table
 from specfair.errors import SpecfairError
 
 log = logging.getLogger(__name__)
@@ -75,17 +75,10 @@ def read_questions(path: str | Path) -> list[dict]:
         raise SpecfairError(f"Spec-Bench question file {path} not found")
     if path.suffix not in (".jsonl", ".json"):
         raise SpecfairError(f"{path}: expected a Spec-Bench .jsonl question file (one question per line)")
-    questions = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(_utf8_lines(f, path), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SpecfairError(f"{path}:{number}: malformed JSON line ({err.msg})") from None
-            check_question(record, path, number)
-            questions.append(record)
+    records = read_jsonl(path)  # malformed lines named with their line number
+    for record, number in zip(records, records.lines, strict=True):
+        check_question(record, path, number)
+    questions = list(records)
     if not questions:
         raise SpecfairError(f"{path}: no questions")
     return questions

@@ -50,6 +50,17 @@ def forward_hidden(model, cache, tokens: list[int], keep: int, layers: tuple[int
     return out.logits[0, -keep:].float(), hidden
 
 
+def check_window(model, width: int, role: str, why: str = "") -> None:
+    """A teacher-forced pass over `width` tokens sees past a sliding attention window differently from
+    decoding: refused in one line (`role` names the model, `why` adds the reason)."""
+    window = getattr(model.config, "sliding_window", None)
+    if window and getattr(model.config, "use_sliding_window", True) and width > window:
+        raise SpecfairError(
+            f"mode=replay: the {role} attends through a {window}-token sliding window and a prompt plus its "
+            f"continuation has {width} tokens; {why}use mode=decode"
+        )
+
+
 def rollback(cache, length: int) -> None:
     """Drop cached positions past `length` (a negative crop means "remove that many" in every version)."""
     if isinstance(cache, StaticKV):

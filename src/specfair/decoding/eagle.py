@@ -35,7 +35,7 @@ from transformers import DynamicCache, LlamaConfig, PreTrainedModel
 from transformers.masking_utils import create_causal_mask
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
-from specfair.decoding.calls import rollback
+from specfair.decoding.calls import check_window, rollback
 from specfair.decoding.kv import cache_kwarg
 from specfair.decoding.sampling import Sampling, pick
 from specfair.errors import SpecfairError
@@ -438,12 +438,7 @@ def target_states(
     """The target's hidden states at `layers` [len(s), len(layers), H] for each sequence, from one right-padded
     forward (causal attention: every real position's inputs are unchanged by the padding, no mask needed)."""
     width = max(len(s) for s in sequences)
-    window = getattr(target.config, "sliding_window", None)
-    if window and getattr(target.config, "use_sliding_window", True) and width > window:
-        raise SpecfairError(
-            f"mode=replay: the target attends through a {window}-token sliding window and a prompt plus its "
-            f"continuation has {width} tokens; use mode=decode"
-        )
+    check_window(target, width, "target")
     ids = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, s in enumerate(sequences):
         ids[i, : len(s)] = torch.tensor(s)

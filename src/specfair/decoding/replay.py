@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from specfair.decoding.calls import check_window
 from specfair.decoding.drafters import ModelDrafter, as_drafter
 from specfair.decoding.kv import cache_kwarg
 from specfair.decoding.sampling import GREEDY, logits_to_probs
@@ -126,13 +127,7 @@ def teacher_forced(draft: PreTrainedModel, sequences: list[list[int]], vocab: in
 
     Right padding leaves every real position's inputs unchanged under causal attention, so no mask is needed.
     """
-    width = max(len(s) for s in sequences)
-    window = getattr(draft.config, "sliding_window", None)
-    if window and getattr(draft.config, "use_sliding_window", True) and width > window:
-        raise SpecfairError(
-            f"mode=replay: the draft attends through a {window}-token sliding window and a prompt plus its "
-            f"continuation has {width} tokens; replay reuses full-length KV caches, so use mode=decode"
-        )
+    check_window(draft, max(len(s) for s in sequences), "draft", "replay reuses full-length KV caches, so ")
     ids = right_padded(sequences)
     cache = DynamicCache(config=draft.config)
     with torch.inference_mode():
