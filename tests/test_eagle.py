@@ -191,8 +191,33 @@ def test_a_head_for_another_target_or_without_config_is_refused(target, tiny_lla
         load_head(tmp_path / "head", target)
     with pytest.raises(SpecfairError, match="draft.path is null"):
         eagle_drafter(target, {"name": "eagle", "path": None})
-    with pytest.raises(SpecfairError, match="draft.vocab_size: not supported for draft=eagle"):
-        eagle_drafter(target, {"name": "eagle", "path": str(tmp_path), "vocab_size": 16})
+    save_head(random_head(target), tmp_path / "head")
+    with pytest.raises(SpecfairError, match="draft.vocab_size=16: no vocab_map.json beside the head"):
+        eagle_drafter(target, {"name": "eagle", "path": str(tmp_path / "head"), "vocab_size": 16})
+    with pytest.raises(SpecfairError, match="draft.quantize: not supported for draft=eagle"):
+        eagle_drafter(target, {"name": "eagle", "path": str(tmp_path / "head"), "quantize": "int8"})
+
+
+def test_a_pruned_draft_vocabulary_proposes_kept_ids_only_and_stays_lossless(target, trained, tmp_path):
+    """draft.vocab_size=N: EAGLE-3's reduced draft vocabulary, the first N ids of the map beside the head."""
+    from specfair.vocab import save_id_map
+
+    save_head(trained["top"], tmp_path)
+    kept = list(range(0, VOCAB, 2))
+    save_id_map(tmp_path, kept + [i for i in range(VOCAB) if i not in kept], "test")
+    drafter = eagle_drafter(target, {"name": "eagle", "path": str(tmp_path), "vocab_size": len(kept)})
+    proposed = set()
+    for gamma in (1, 3, 5):
+        for prompt in PROMPTS:
+            ids = torch.tensor([prompt])
+            out, stats = speculative_generate(target, drafter, ids, gamma=gamma, max_new_tokens=16)
+            assert out.tolist() == autoregressive_generate(target, ids, max_new_tokens=16).tolist()
+            if len(prompt) < 2:
+                continue
+            drafter.reset(64, False)
+            drafter.prefill(prompt, target_states(target, [prompt], drafter.hidden_layers)[0][:-1])
+            proposed |= set(drafter.propose(prompt, gamma, VOCAB, GREEDY, frozenset(), None)[0])
+    assert proposed and proposed <= set(kept)
 
 
 # --- decoding --------------------------------------------------------------------------------------------------

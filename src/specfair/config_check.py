@@ -237,6 +237,13 @@ TRAIN: Schema = {
     "warmup_steps": integer(0),
     "min_lr_ratio": PROBABILITY,
     "optimizer": {"lr": number(0, above=True), "weight_decay": number(0), OPEN: ANY},
+    "eagle": {  # draft=eagle: the feature head's training (training/eagle.py)
+        "unroll": integer(1),
+        "feature_weight": number(0),
+        "step_decay": number(0, 1, above=True),
+        "autocast": optional(one_of("bfloat16")),
+        "from_scratch": BOOL,
+    },
     "corpus": {
         "requests": integer(0),
         "texts": integer(0),

@@ -271,13 +271,16 @@ class EagleHead(nn.Module):
 # --- checkpoints ---------------------------------------------------------------------------------------------
 
 
-def save_head(head: EagleHead, path: str | Path, extra: dict | None = None) -> Path:
-    """Write the head's own weights and its config (with the target's fingerprint) to the folder `path`."""
+def save_head(
+    head: EagleHead, path: str | Path, extra: dict | None = None, dtype: torch.dtype | None = None
+) -> Path:
+    """Write the head's own weights (as `dtype`, else their own: bfloat16 halves a float32 head, ~8 MB for
+    SmolLM2-135M's) and its config (with the target's fingerprint) to the folder `path`."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in head.state_dict().items()}
+    state = {k: v.detach().to("cpu", dtype or v.dtype).contiguous() for k, v in head.state_dict().items()}
     save_file(state, str(path / WEIGHTS_FILE))
     meta = {"format": FORMAT, "config": head.config.to_dict(), "target_fingerprint": head.fingerprint,
             **(extra or {})}  # fmt: skip
@@ -293,6 +296,10 @@ def load_head(path: str | Path, target: PreTrainedModel, option: str = "draft.pa
     path = Path(path)
     where = f"{option}={path}"
     config_file = path / CONFIG_FILE
+    if not path.is_dir():
+        raise SpecfairError(
+            f"{where}: no such folder (build a head: python train.py train=eagle draft=eagle, or make eagle)"
+        )
     if not config_file.is_file():
         raise SpecfairError(
             f"{where}: no {CONFIG_FILE}, so not an EAGLE head (save one with eagle.save_head)"
@@ -344,7 +351,7 @@ class EagleDrafter:
 
     def reset(self, max_len: int, compiled: bool) -> None:
         """A fresh cache (always dynamic: `spec.compile` is refused by the target's hidden-state pass)."""
-        device = self.head.lm_head.weight.device
+        device = self.head.embed_tokens.weight.device
         if self.head.fc.weight.device != device:
             self.head.to(device)
         self.cache = self.head.new_cache()
@@ -418,15 +425,27 @@ class EagleDrafter:
 
 
 def eagle_drafter(target: PreTrainedModel, draft_cfg) -> EagleDrafter:
-    """The drafter `draft=eagle` names: the head saved at `draft.path`, for this target."""
-    for option in ("vocab_size", "quantize"):
-        if draft_cfg.get(option):
-            raise SpecfairError(
-                f"draft.{option}: not supported for draft=eagle yet (the head shares the target's)"
-            )
+    """The drafter `draft=eagle` names: the head saved at `draft.path`, for this target; `draft.vocab_size=N`
+    scores only the first N ids of the id map saved beside it (the ids its training texts use, most frequent
+    first: EAGLE-3's reduced draft vocabulary, here a runtime cut of the shared head, never saved)."""
+    if draft_cfg.get("quantize"):
+        raise SpecfairError("draft.quantize: not supported for draft=eagle yet (leave it null)")
     if not draft_cfg.get("path"):
         raise SpecfairError("draft=eagle: draft.path is null; it names a trained head's folder")
-    return EagleDrafter(load_head(draft_cfg.get("path"), target), target)
+    head = load_head(draft_cfg.get("path"), target)
+    size = draft_cfg.get("vocab_size")
+    if size:
+        from specfair.vocab import PrunedHead, check_size, load_id_map
+
+        rows = head_rows(target)
+        check_size(int(size), rows)
+        found = load_id_map(draft_cfg.get("path"), int(size), rows)
+        if found is None:
+            raise SpecfairError(
+                f"draft.vocab_size={size}: no vocab_map.json beside the head at draft.path={draft_cfg.get('path')}"
+            )
+        head.shared = (head.embed_tokens, PrunedHead(head.lm_head, found[0], rows))
+    return EagleDrafter(head, target)
 
 
 # --- the target's states along whole sequences (replay, training) -----------------------------------------------

@@ -45,7 +45,8 @@ class TrainStream(Dataset):
 
     That makes a resumed run see exactly the batches the uninterrupted run would have seen. Items are
     {"ids": at most max_length token ids, "category": index}, plus the window's stored teacher rows
-    (`top_ids`, `top_logprobs`, `taught`) when the texts carry them (corpus.TeacherText).
+    (`top_ids`, `top_logprobs`, `taught`) when the texts carry them (corpus.TeacherText), and the target's
+    cached hidden states of the window (`features`) for a feature head.
     """
 
     def __init__(
@@ -57,8 +58,9 @@ class TrainStream(Dataset):
         max_length: int,
         seed: int,
         teacher: list | None = None,
+        features: list | None = None,
     ):
-        self.token_ids, self.categories, self.teacher = token_ids, categories, teacher
+        self.token_ids, self.categories, self.teacher, self.features = token_ids, categories, teacher, features
         self.length, self.max_length, self.seed = length, max_length, seed
         total = sum(weights)
         self.cumulative = list(itertools.accumulate(w / total for w in weights))
@@ -78,6 +80,8 @@ class TrainStream(Dataset):
             item.update(
                 top_ids=t.top_ids[window], top_logprobs=t.top_logprobs[window], taught=t.taught[window]
             )
+        if self.features is not None:
+            item["features"] = self.features[row][window]
         return item
 
 
@@ -101,8 +105,9 @@ class FixedTexts(Dataset):
     """Validation texts as they are: items {"ids", "category"}, plus "taught" (bool [len]) where only some
     tokens count (the target's continuation after a prompt)."""
 
-    def __init__(self, token_ids: list[list[int]], categories: list[int], taught: list | None = None):
-        self.token_ids, self.categories, self.taught = token_ids, categories, taught
+    def __init__(self, token_ids: list[list[int]], categories: list[int], taught: list | None = None,
+                 features: list | None = None):  # fmt: skip
+        self.token_ids, self.categories, self.taught, self.features = token_ids, categories, taught, features
 
     def __len__(self):
         return len(self.token_ids)
@@ -111,27 +116,29 @@ class FixedTexts(Dataset):
         item = {"ids": self.token_ids[i], "category": self.categories[i]}
         if self.taught is not None:
             item["taught"] = self.taught[i]
+        if self.features is not None:
+            item["features"] = self.features[i]
         return item
 
 
 def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest: input_ids, attention_mask [B, T] (long), category [B] (index); and the
-    stored teacher rows top_ids, top_logprobs [B, T, k] and taught [B, T] (bool) when items have them."""
+    stored teacher rows top_ids, top_logprobs [B, T, k], taught [B, T] (bool) and a feature head's target
+    states features [B, T, n, H] when items have them."""
     longest = max(len(item["ids"]) for item in batch)
     input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
     attention = torch.zeros((len(batch), longest), dtype=torch.long)
     out = {"input_ids": input_ids, "attention_mask": attention}
-    for key in ("top_ids", "top_logprobs", "taught"):
-        if key in batch[0]:
+    keys = [k for k in ("top_ids", "top_logprobs", "taught", "features") if k in batch[0]]
+    for key in keys:
             first = batch[0][key]
             out[key] = torch.zeros((len(batch), longest, *first.shape[1:]), dtype=first.dtype)
     for i, item in enumerate(batch):
         n = len(item["ids"])
         input_ids[i, :n] = torch.tensor(item["ids"])
         attention[i, :n] = 1
-        for key in ("top_ids", "top_logprobs", "taught"):
-            if key in out:
-                out[key][i, :n] = item[key]
+        for key in keys:
+            out[key][i, :n] = item[key]
     out["category"] = torch.tensor([item["category"] for item in batch])
     return out
 
@@ -153,6 +160,8 @@ class TrainTexts:
     train_counts: dict = field(default_factory=dict)
     train_teacher: list | None = None  # corpus.TeacherText per training text: distil toward stored top-k
     val_taught: list | None = None  # bool [len] per validation text: the positions validation counts
+    train_features: list | None = None  # a feature head's cached target states [len, n, H] per text
+    val_features: list | None = None
 
 
 def load_texts(
@@ -254,6 +263,7 @@ class DraftDataModule(pl.LightningDataModule):
         vocab: int | None = None,
         teacher: str = "stored",
         objective: str = "kd",  # lm: no teacher, so teacher=cached scores nothing
+        feature_layers: tuple[int, ...] | None = None,  # a feature head: the target states to cache per text
     ):
         super().__init__()
         if texts is None and (dataset is None or tokenizer is None):
@@ -263,6 +273,7 @@ class DraftDataModule(pl.LightningDataModule):
         self.dataset_cfg, self.tokenizer, self.texts = dataset, tokenizer, texts
         self.data, self.validate_on, self.corpus_cfg, self.cache_dir = data, validate_on, corpus, cache_dir
         self.target, self.vocab, self.teacher, self.objective = target, vocab, teacher, objective
+        self.feature_layers = tuple(feature_layers) if feature_layers else None
         self.seed, self.batch_size, self.max_length = int(seed), int(batch_size), int(max_length)
         self.sampling, self.sampling_temperature = sampling, float(sampling_temperature)
         if pad_id is None:
@@ -279,6 +290,15 @@ class DraftDataModule(pl.LightningDataModule):
                 self.target, self.tokenizer, self.vocab, self.corpus_cfg, self.cache_dir
             )
             self.texts = corpus_texts(corpus, int(self.corpus_cfg.val_texts), int(self.corpus_cfg.seed))
+            if self.feature_layers:  # one target pass over the corpus, cached beside it; live on dataset text
+                from specfair.training.eagle import corpus_features
+
+                t, size = self.texts, int(self.corpus_cfg.batch_size)
+                self.texts = dataclasses.replace(
+                    t,
+                    train_features=corpus_features(self.target, t.train_ids, self.feature_layers, self.cache_dir, size),
+                    val_features=corpus_features(self.target, t.val_ids, self.feature_layers, self.cache_dir, size),
+                )
             return
         continue_with = self._continuations if self.validate_on == "target" or self.data == "target" else None
         self.texts = load_texts(
@@ -336,12 +356,14 @@ class DraftDataModule(pl.LightningDataModule):
             self.max_length,
             self.seed,
             self.texts.train_teacher,
+            self.texts.train_features,
         )
         self.sampler = ResumableSampler(length, start=trainer.global_step * per_step)
         return DataLoader(stream, batch_size=self.batch_size, sampler=self.sampler, collate_fn=self._collate)
 
     def val_dataloader(self) -> DataLoader:
-        texts = FixedTexts(self.texts.val_ids, self.texts.val_categories, self.texts.val_taught)
+        t = self.texts
+        texts = FixedTexts(t.val_ids, t.val_categories, t.val_taught, t.val_features)
         return DataLoader(texts, batch_size=self.batch_size, collate_fn=self._collate)
 
     @property

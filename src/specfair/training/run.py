@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
@@ -25,6 +26,7 @@ from specfair.models import load_pair
 from specfair.records import TrainSummary, load_train_summary, save_json, settings_conflict, write_atomic
 from specfair.tracking import lightning_logger
 from specfair.training.datamodule import DraftDataModule, TrainTexts
+from specfair.training.eagle import eagle_head, stored_layers
 from specfair.training.losses import DIVERGENCES, OBJECTIVES
 from specfair.training.module import DraftModule
 from specfair.vocab import check_size, frequent_ids, save_id_map
@@ -132,13 +134,19 @@ def train(cfg: DictConfig) -> TrainSummary | None:
     check_train_cfg(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     pair = load_pair(cfg.pair, cfg.draft, "cpu")  # float32 master weights; the trainer casts (bf16-mixed)
+    head = eagle_head(cfg, pair.target) if cfg.draft.name == "eagle" else None
     datamodule: DraftDataModule = instantiate(
-        cfg.datamodule, tokenizer=pair.tokenizer, target=pair.target, vocab=pair.vocab_size
-    )
+        cfg.datamodule, tokenizer=pair.tokenizer, target=pair.target, vocab=pair.vocab_size,
+        feature_layers=stored_layers(head, pair.target.config.num_hidden_layers) if head else None,
+    )  # fmt: skip
     datamodule.setup("fit")  # the module's metric needs the category names
+    module_cfg = cfg.module
+    if head is not None:  # the same module config and losses, the feature head's training step
+        module_cfg = OmegaConf.merge(cfg.module, {"_target_": "specfair.training.eagle.EagleModule"})
+        module_cfg.eagle = OmegaConf.to_container(cfg.train.eagle, resolve=True)
     module: DraftModule = instantiate(
-        cfg.module,
-        draft=pair.draft,
+        module_cfg,
+        draft=head if head is not None else pair.draft,
         target=pair.target,
         categories=datamodule.categories,
         vocab=pair.vocab_size,
@@ -256,7 +264,7 @@ def summarize(
         dataset="generalist" if general else cfg.dataset.name,
         start=cfg.draft.name,
         train=OmegaConf.to_container(cfg.train, resolve=True),
-        draft_layers=module.draft.config.num_hidden_layers,
+        draft_layers=module.draft.config.layers if is_head(module) else module.draft.config.num_hidden_layers,
         seed=int(cfg.seed),
         steps=steps,
         data={
@@ -296,11 +304,16 @@ def export(
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "draft").mkdir(parents=True)
-    module.draft.to("cpu").eval().save_pretrained(tmp / "draft")
-    tokenizer.save_pretrained(tmp / "draft")
-    if (
-        texts is not None
-    ):  # every id the draft trained on, most frequent first: draft.vocab_size=N cuts from it
+    if is_head(module):  # its own weights and config, the target's fingerprint; no copy of the target
+        from specfair.decoding.eagle import save_head
+
+        head = module.draft.to("cpu").eval()
+        save_head(head, tmp / "draft", {"trained": summary["dataset"]}, dtype=torch.bfloat16)
+    else:
+        module.draft.to("cpu").eval().save_pretrained(tmp / "draft")
+        tokenizer.save_pretrained(tmp / "draft")
+    if texts is not None:
+        # every id the draft trained on, most frequent first: draft.vocab_size=N cuts from it
         save_id_map(
             tmp / "draft",
             trained_ids(texts, tokenizer),
@@ -323,6 +336,13 @@ def export(
         "fine-tuned draft saved to %s%s", final / "draft", f"; validation curve: {curve}" if curve else ""
     )
     return final
+
+
+def is_head(module) -> bool:
+    """A feature head (draft=eagle), saved by eagle.save_head, not as an HF model."""
+    from specfair.decoding.eagle import EagleHead
+
+    return isinstance(module.draft, EagleHead)
 
 
 def save_train_ids(ids: list[str], path: Path) -> None:
