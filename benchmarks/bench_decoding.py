@@ -23,26 +23,22 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import platform
 import statistics
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import transformers
-from rich.console import Console
-from rich.table import Table
+from decoding_report import Run, console, print_report, summarize  # beside this file: on sys.path when run
 from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from specfair import ROOT
 from specfair.decoding.adaptive import measure_costs
 from specfair.decoding.engine import DecodeStats, autoregressive_generate, now, speculative_generate
 from specfair.errors import SpecfairError
-from specfair.evaluation.acceptance import predicted_block_efficiency, predicted_speedup
 from specfair.models import (
     EMBEDDED,
     TRUNCATED_LAYERS,
@@ -52,8 +48,7 @@ from specfair.models import (
     resolve_source,
     truncated_draft,
 )
-from specfair.records import ratio as ratio_of
-from specfair.vocab import frequent_ids, load_id_map, pad_ids, prune_head, quantize_int8
+from specfair.vocab import prune_head, pruned_head_ids, quantize_int8
 
 SAMPLES = ROOT / "data" / "samples"
 PROMPT_TOKENS = 32
@@ -88,13 +83,21 @@ SHAPES = {
              "rope_parameters": {"rope_theta": 130000.0, "rope_type": "default"}},
 }  # fmt: skip
 
-console = Console(width=150)  # wide tables stay whole in logs and pipes
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    add_decode_options(parser)
+    add_model_options(parser)
+    add_variant_options(parser)
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+def add_decode_options(parser: argparse.ArgumentParser) -> None:
+    """What is decoded: prompts, new tokens, gamma."""
     parser.add_argument("--prompts", type=int, default=8, help="number of bundled eval prompts")
     parser.add_argument(
         "--dataset",
@@ -106,6 +109,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--gamma", type=int, default=4, help="tokens drafted per block (both speculative methods)"
     )
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Which draft, how often, and where and in what dtype the models run."""
     parser.add_argument(
         "--draft-layers",
         type=int,
@@ -136,6 +143,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=list(SHAPES),
         help="with --random-weights: a separate random draft of this shape instead of the truncated target",
     )
+
+
+def add_variant_options(parser: argparse.ArgumentParser) -> None:
+    """The engine variants timed beside the three methods, and where the results go."""
     parser.add_argument(
         "--compile", action="store_true", help="also time target and engine with spec.compile (static caches)"
     )
@@ -165,7 +176,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--gamma-max", type=int, default=8, help="--auto-gamma: the largest gamma it may pick"
     )
     parser.add_argument("--json", type=Path, help="write the results to this file")
-    args = parser.parse_args(argv)
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if (args.shape or args.draft_shape) and not args.random_weights:
         parser.error("--shape/--draft-shape need --random-weights (no weights of those shapes ship here)")
     for name in ("prompts", "max_new_tokens", "gamma", "draft_layers", "repeats"):
@@ -173,7 +186,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device available")
-    return args
 
 
 # --- models and prompts ------------------------------------------------------------------------------
@@ -232,35 +244,34 @@ def load_prompts(tokenizer, count: int, vocab: int, dataset: str = "agnews") -> 
     if tokenizer is None:
         generator = torch.Generator().manual_seed(0)
         return [torch.randint(3, vocab, (PROMPT_TOKENS,), generator=generator).tolist() for _ in range(count)]
-    with (SAMPLES / f"{dataset}.jsonl").open(encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    texts = [r["text"] for r in rows if r["split"] == "eval"]
+    texts = sample_texts(dataset, "eval")
     if count > len(texts):
         raise SpecfairError(f"--prompts {count}: the bundled sample has only {len(texts)} eval texts")
     chosen = texts[:: len(texts) // count][:count]
     return [tokenizer(text, add_special_tokens=False)["input_ids"][:PROMPT_TOKENS] for text in chosen]
 
 
-def train_token_lists(tokenizer, dataset: str) -> list[list[int]]:
-    """The bundled sample's training texts, tokenized: where a pruned head's ids come from (never the prompts)."""
+def sample_texts(dataset: str, split: str) -> list[str]:
+    """The texts of one split of the bundled sample: prompts come from "eval", a pruned head's ids from "train"."""
     with (SAMPLES / f"{dataset}.jsonl").open(encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    texts = [r["text"] for r in rows if r["split"] == "train"]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [r["text"] for r in rows if r["split"] == split]
 
 
 def cheaper_drafts(draft, tokenizer, args) -> dict[str, tuple[PreTrainedModel, float | None]]:
     """engine variants of --matrix: name -> (draft, confidence threshold). The pruned head keeps the first ids
     of the id map beside --draft-path (the ids it trained on, as evaluation does), else the dataset's most
     frequent training ids."""
-    found = load_id_map(args.draft_path, args.draft_vocab, len(tokenizer)) if args.draft_path else None
-    if found is None:
-        ids = frequent_ids(
-            train_token_lists(tokenizer, args.dataset), args.draft_vocab, [tokenizer.eos_token_id]
-        )
-        found = pad_ids(ids, args.draft_vocab, len(tokenizer)), f"bundled {args.dataset} training texts"
-    print(f"pruned head: {args.draft_vocab} ids from {found[1]}")
-    pruned = prune_head(copy.deepcopy(draft), found[0])
+    ids, source = pruned_head_ids(
+        args.draft_vocab,
+        len(tokenizer),
+        args.draft_path,
+        tokenizer,
+        lambda: sample_texts(args.dataset, "train"),
+        f"bundled {args.dataset} training texts",
+    )
+    print(f"pruned head: {args.draft_vocab} ids from {source}")
+    pruned = prune_head(copy.deepcopy(draft), ids)
     drafts = {"": draft, f"v{args.draft_vocab}": pruned}
     drafts.update(
         {f"{k},int8" if k else "int8": quantize_int8(copy.deepcopy(d)) for k, d in list(drafts.items())}
@@ -343,21 +354,7 @@ def engine_method(
     return generate
 
 
-@dataclass
-class Run:
-    """One method over all prompts once."""
-
-    seconds: float
-    outputs: list[list[int]]
-    stats: list[DecodeStats] = field(default_factory=list)
-
-    @property
-    def tokens(self) -> int:
-        return sum(len(out) for out in self.outputs)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds
+# --- timing and checks -------------------------------------------------------------------------------
 
 
 def time_method(generate: Generate, prompts: list[torch.Tensor], device: str) -> Run:
@@ -433,126 +430,6 @@ def check_identical(runs: dict[str, list[Run]], prompts: list[torch.Tensor]) -> 
     return failures
 
 
-# --- metrics ----------------------------------------------------------------------------------------
-
-
-def summarize(runs: dict[str, list[Run]], gamma: int) -> dict:
-    median_tps = {name: statistics.median(run.tokens_per_s for run in rs) for name, rs in runs.items()}
-
-    def ratio(a: str, b: str) -> float:  # paired per repeat (same conditions), then the median
-        return statistics.median(
-            x.tokens_per_s / y.tokens_per_s for x, y in zip(runs[a], runs[b], strict=True)
-        )
-
-    stats = runs["engine"][0].stats  # greedy: the counters are the same every repeat
-    accepted = sum(s.accepted for s in stats)
-    rejections = sum(s.rejections for s in stats)
-    proposed = sum(s.proposed for s in stats)
-    alpha = ratio_of(accepted, accepted + rejections)
-    c, v, costs = cost_ratios(runs["engine"], runs["target"])
-    predicted = predicted_speedup(alpha, gamma, c)
-    predicted_with_verify = predicted_speedup(alpha, gamma, c, v)
-    measured = ratio("engine", "target")
-    ratios = {
-        "engine/target": measured,
-        "hf_assisted/target": ratio("hf_assisted", "target"),
-        "engine/hf_assisted": ratio("engine", "hf_assisted"),
-    }
-    compiled = {}
-    if "engine_compiled" in runs:
-        ratios.update({
-            "target_compiled/target": ratio("target_compiled", "target"),
-            "engine_compiled/target_compiled": ratio("engine_compiled", "target_compiled"),
-            "engine_compiled/target": ratio("engine_compiled", "target"),
-            "engine_compiled/hf_assisted": ratio("engine_compiled", "hf_assisted"),
-        })  # fmt: skip
-        cc, cv, _ = cost_ratios(runs["engine_compiled"], runs["target_compiled"])
-        compiled = {
-            "cost_ratio_c": cc,
-            "verify_cost_ratio_v": cv,
-            "predicted_speedup": predicted_speedup(alpha, gamma, cc),
-            "predicted_speedup_with_verify_cost": predicted_speedup(alpha, gamma, cc, cv),
-            "measured_speedup": ratios["engine_compiled/target_compiled"],
-        }
-    return {
-        "tokens": runs["target"][0].tokens,
-        "tokens_per_s": {
-            name: {
-                "median": median_tps[name],
-                "repeats": [r.tokens_per_s for r in rs],
-                "seconds": [r.seconds for r in rs],
-            }
-            for name, rs in runs.items()
-        },
-        "ratios": ratios,
-        "engine_compiled": compiled,
-        "variants": {name: variant_row(runs, name, gamma) for name in runs if name.startswith("engine")},
-        "engine": {
-            "alpha": alpha,
-            "acceptance_rate": accepted / proposed if proposed else math.nan,
-            "block_efficiency": sum(s.new_tokens for s in stats) / sum(1 + s.blocks for s in stats),
-            "predicted_block_efficiency": predicted_block_efficiency(alpha, gamma),
-            "accepted": accepted,
-            "proposed": proposed,
-            "rejections": rejections,
-            "blocks": sum(s.blocks for s in stats),
-            "cost_ratio_c": c,
-            "cost_ratio_c_repeats": costs,
-            "predicted_speedup": predicted,
-            "measured_speedup": measured,
-            "prediction_error_pct": 100 * (measured - predicted) / predicted,
-            "verify_cost_ratio_v": v,
-            "predicted_speedup_with_verify_cost": predicted_with_verify,
-            "prediction_with_verify_cost_error_pct": 100
-            * (measured - predicted_with_verify)
-            / predicted_with_verify,
-        },
-    }
-
-
-def variant_row(runs: dict[str, list[Run]], name: str, gamma: int) -> dict:
-    """One engine variant: its acceptance, realised block length, cost ratio and speed against both baselines."""
-    stats = runs[name][0].stats
-    accepted, rejections = sum(s.accepted for s in stats), sum(s.rejections for s in stats)
-    proposed, blocks = sum(s.proposed for s in stats), sum(s.blocks for s in stats)
-    base = "target_compiled" if name == "engine_compiled" else "target"
-    c, v, _ = cost_ratios(runs[name], runs[base])
-    alpha = ratio_of(accepted, accepted + rejections)
-
-    def paired(other: str) -> float:
-        return statistics.median(
-            x.tokens_per_s / y.tokens_per_s for x, y in zip(runs[name], runs[other], strict=True)
-        )
-
-    return {
-        "alpha": alpha,
-        "mean_gamma_b": proposed / blocks if blocks else math.nan,
-        "tokens_per_call": sum(s.new_tokens for s in stats) / sum(1 + s.blocks for s in stats),
-        "cost_ratio_c": c,
-        "verify_cost_ratio_v": v,
-        # at the realised mean block length: with a confidence stop it is well under the nominal gamma
-        "predicted_speedup_with_verify_cost": predicted_speedup(
-            alpha, proposed / blocks if blocks else gamma, c, v
-        ),
-        "tokens_per_s": statistics.median(r.tokens_per_s for r in runs[name]),
-        "speedup_vs_target": paired(base),
-        "speedup_vs_hf_assisted": paired("hf_assisted"),
-    }
-
-
-def cost_ratios(engine_runs: list[Run], target_runs: list[Run]) -> tuple[float, float, list[float]]:
-    """Medians over repeats of c (draft s per drafted token) and v (verify s per block), each over the target's
-    s per token in the same repeat; and c per repeat."""
-    costs, verify_costs = [], []
-    for engine_run, target_run in zip(engine_runs, target_runs, strict=True):
-        target_step_s = target_run.seconds / target_run.tokens
-        steps = sum(sum(s.proposed_lengths) for s in engine_run.stats)
-        costs.append(sum(s.draft_s for s in engine_run.stats) / max(steps, 1) / target_step_s)
-        blocks = sum(s.blocks for s in engine_run.stats)
-        verify_costs.append(sum(s.verify_s for s in engine_run.stats) / max(blocks, 1) / target_step_s)
-    return statistics.median(costs), statistics.median(verify_costs), costs
-
-
 def bandwidth_floor(target: PreTrainedModel, device: str) -> dict:
     """The least time a target forward can take on this GPU: its weight bytes read once at the copy bandwidth
     measured here (bytes read + written by a 1 GiB device-to-device copy)."""
@@ -573,82 +450,6 @@ def bandwidth_floor(target: PreTrainedModel, device: str) -> dict:
     }
 
 
-# --- report -----------------------------------------------------------------------------------------
-
-
-def print_report(summary: dict, repeats: int) -> None:
-    speed = Table(
-        title=f"Greedy decoding throughput ({summary['tokens']} new tokens per run, median of {repeats})"
-    )
-    speed.add_column("method")
-    speed.add_column("tokens/s (median)", justify="right")
-    speed.add_column("per repeat", justify="right")
-    for name in summary["tokens_per_s"]:
-        tps = summary["tokens_per_s"][name]
-        speed.add_row(name, f"{tps['median']:.1f}", "  ".join(f"{x:.1f}" for x in tps["repeats"]))
-    console.print(speed)
-
-    ratios = Table(title="Speed ratios (median of per-repeat ratios; > 1: first is faster)")
-    ratios.add_column("ratio")
-    ratios.add_column("value", justify="right")
-    for name, value in summary["ratios"].items():
-        ratios.add_row(name, f"{value:.3f}")
-    console.print(ratios)
-
-    if len(summary["variants"]) > 1:
-        table = Table(
-            title="Engine variants (median of paired repeats; speedup > 1: faster than the baseline)"
-        )
-        for column in ("variant", "alpha", "mean γ_b", "tokens/call", "c", "v", "pred.", "tok/s", "vs target",
-                       "vs assisted"):  # fmt: skip
-            table.add_column(column, justify="left" if column == "variant" else "right")
-        for name, r in summary["variants"].items():
-            table.add_row(
-                name, f"{r['alpha']:.3f}", f"{r['mean_gamma_b']:.2f}", f"{r['tokens_per_call']:.2f}",
-                f"{r['cost_ratio_c']:.3f}", f"{r['verify_cost_ratio_v']:.2f}",
-                f"{r['predicted_speedup_with_verify_cost']:.2f}", f"{r['tokens_per_s']:.1f}",
-                f"{r['speedup_vs_target']:.3f}", f"{r['speedup_vs_hf_assisted']:.3f}",
-            )  # fmt: skip
-        console.print(table)
-
-    e = summary["engine"]
-    model = Table(title="Engine acceptance and the Leviathan et al. cost model")
-    model.add_column("quantity")
-    model.add_column("value", justify="right")
-    rows = [
-        (
-            "alpha = accepted / (accepted + rejections)",
-            f"{e['alpha']:.3f}  ({e['accepted']}/{e['accepted'] + e['rejections']})",
-        ),
-        (
-            "acceptance rate = accepted / proposed",
-            f"{e['acceptance_rate']:.3f}  ({e['accepted']}/{e['proposed']})",
-        ),
-        ("block efficiency = new tokens / target calls", f"{e['block_efficiency']:.3f}"),
-        ("  predicted from alpha: (1-a^(g+1))/(1-a)", f"{e['predicted_block_efficiency']:.3f}"),
-        ("cost ratio c = draft s/step / target s/token", f"{e['cost_ratio_c']:.3f}"),
-        ("predicted speedup (1-a^(g+1))/((1-a)(gc+1))", f"{e['predicted_speedup']:.3f}"),
-        ("measured speedup engine/target", f"{e['measured_speedup']:.3f}"),
-        ("measured vs predicted", f"{e['prediction_error_pct']:+.1f} %"),
-        ("verify cost v = verify s/block / target s/token", f"{e['verify_cost_ratio_v']:.3f}"),
-        ("predicted with v: (1-a^(g+1))/((1-a)(gc+v))", f"{e['predicted_speedup_with_verify_cost']:.3f}"),
-        ("measured vs predicted with v", f"{e['prediction_with_verify_cost_error_pct']:+.1f} %"),
-    ]
-    for k, value in summary.get("engine_compiled", {}).items():
-        rows.append((f"compiled: {k}", f"{value:.3f}"))
-    floor = summary.get("bandwidth_floor")
-    if floor:
-        rows.append(("target weights / measured copy bandwidth", f"{floor['floor_ms']:.3f} ms "
-                     f"({floor['weight_bytes'] / 1e9:.2f} GB at {floor['bandwidth_GBps']:.0f} GB/s)"))  # fmt: skip
-        for name in ("target", "target_compiled"):
-            if f"{name}_ms_per_token" in floor:
-                rows.append((f"{name} ms per token (x floor)",
-                             f"{floor[f'{name}_ms_per_token']:.3f} ({floor[f'{name}_over_floor']:.1f}x)"))  # fmt: skip
-    for row in rows:
-        model.add_row(*row)
-    console.print(model)
-
-
 def warn_if_busy(device: str) -> float:
     """CPU timings are only meaningful on an idle machine: other processes oversubscribe the cores."""
     load = os.getloadavg()[0]
@@ -660,21 +461,63 @@ def warn_if_busy(device: str) -> float:
     return load
 
 
+# --- the run -----------------------------------------------------------------------------------------
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     load_before = warn_if_busy(args.device)
     transformers.logging.set_verbosity_error()  # the assistant's internal generate() warns on every call
     transformers.logging.disable_progress_bar()
     dtype = resolve_dtype(args.dtype, args.device)
+    tokenizer, target, draft, draft_label, prompts = load_inputs(args, dtype)
+    eos = tokenizer.eos_token_id if tokenizer is not None else target.config.eos_token_id
+    configure_assistant(draft, args.gamma)
+    prompts = [torch.tensor([ids], device=args.device) for ids in prompts]
+    methods = all_methods(args, target, draft, tokenizer, prompts, eos)
+    config = run_config(args, target, draft, draft_label, len(prompts), dtype, load_before)
+    console.print(" ".join(f"{k}={v}" for k, v in config.items()))
+    rounds = warm_up(methods, target, draft, prompts[0], args.gamma)
+
+    runs = benchmark(methods, prompts, args.repeats, args.device)
+    mismatch = check_identical(runs, prompts)  # reported after the timings, which stay worth keeping
+    if not mismatch:
+        console.print(
+            f"[green]identical[/]: all {len(methods)} methods gave the same tokens on all "
+            f"{len(prompts)} prompts in all {args.repeats} repeats"
+        )
+    summary = summarize(runs, args.gamma)
+    summary["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
+    if args.device == "cuda":
+        summary["bandwidth_floor"] = per_token_floor(bandwidth_floor(target, args.device), summary)
+    print_report(summary, args.repeats)
+    if args.json:
+        record = {
+            "config": config,
+            "hf_rounds_warmup": rounds,
+            "identical": not mismatch,
+            "mismatches": mismatch,
+            **summary,
+        }
+        write_json(args.json, record)
+    if mismatch:
+        sys.exit("\n".join(mismatch))
+
+
+def load_inputs(args, dtype: torch.dtype) -> tuple:
+    """Tokenizer (None: --random-weights without one), target, draft, the draft's label and the prompts' ids;
+    a missing file or weight exits with its one-line error."""
     try:
         tokenizer = try_tokenizer() if args.random_weights else load_tokenizer(EMBEDDED)
         target, draft, draft_label = build_models(args, dtype)
         prompts = load_prompts(tokenizer, args.prompts, target.config.vocab_size, args.dataset)
     except SpecfairError as err:
         sys.exit(f"error: {err}")
-    eos = tokenizer.eos_token_id if tokenizer is not None else target.config.eos_token_id
-    configure_assistant(draft, args.gamma)
-    prompts = [torch.tensor([ids], device=args.device) for ids in prompts]
+    return tokenizer, target, draft, draft_label, prompts
+
+
+def all_methods(args, target, draft, tokenizer, prompts, eos) -> dict[str, Generate]:
+    """The three methods, then those of --compile, --matrix and --auto-gamma, in that order."""
     methods = make_methods(
         target, draft, gamma=args.gamma, max_new_tokens=args.max_new_tokens, eos=eos, compiled=args.compile
     )
@@ -685,20 +528,31 @@ def main(argv: list[str] | None = None) -> None:
         variants = cheaper_drafts(draft, tokenizer, args)
         for name, (variant, threshold) in variants.items():
             methods[name] = engine_method(target, variant, args.gamma, args.max_new_tokens, eos, threshold)
-    if args.auto_gamma:  # spec.gamma=auto beside each fixed-γ engine without a confidence stop
-        fixed = {"": draft} | {n[len("engine(") : -1]: v for n, (v, t) in variants.items() if t is None}
-        for key, variant in fixed.items():
-            policy = measure_costs(target, variant, prompts[0][0].tolist(), args.gamma_max)
-            methods[f"engine(auto,{key})" if key else "engine(auto)"] = engine_method(
-                target, variant, args.gamma_max, args.max_new_tokens, eos, policy=policy
-            )
+    if args.auto_gamma:
+        methods.update(auto_gamma_methods(args, target, draft, variants, prompts[0], eos))
+    return methods
 
-    config = {
+
+def auto_gamma_methods(args, target, draft, variants, prompt, eos) -> dict[str, Generate]:
+    """spec.gamma=auto beside each fixed-γ engine without a confidence stop, its costs timed on `prompt`."""
+    fixed = {"": draft} | {n[len("engine(") : -1]: v for n, (v, t) in variants.items() if t is None}
+    methods = {}
+    for key, variant in fixed.items():
+        policy = measure_costs(target, variant, prompt[0].tolist(), args.gamma_max)
+        methods[f"engine(auto,{key})" if key else "engine(auto)"] = engine_method(
+            target, variant, args.gamma_max, args.max_new_tokens, eos, policy=policy
+        )
+    return methods
+
+
+def run_config(args, target, draft, draft_label: str, prompts: int, dtype, load_before: float) -> dict:
+    """What was run, on what: printed first and written to the JSON."""
+    return {
         "target": "random weights, embedded config" if args.random_weights else EMBEDDED,
         "target_layers": target.config.num_hidden_layers,
         "draft": draft_label,
         "draft_layers": draft.config.num_hidden_layers,
-        "prompts": len(prompts),
+        "prompts": prompts,
         "prompt_tokens": PROMPT_TOKENS,
         "max_new_tokens": args.max_new_tokens,
         "gamma": args.gamma,
@@ -711,50 +565,38 @@ def main(argv: list[str] | None = None) -> None:
         "python": platform.python_version(),
         "load_avg_1m_before": round(load_before, 2),
     }
-    console.print(" ".join(f"{k}={v}" for k, v in config.items()))
 
-    for generate in methods.values():  # warm-up: one generation per method
+
+def warm_up(methods: dict[str, Generate], target, draft, prompt: torch.Tensor, gamma: int) -> list[int]:
+    """One generation per method, then hf_assisted's drafted tokens per round, which must not exceed gamma
+    (else it would not be the constant-gamma baseline it is reported as)."""
+    for generate in methods.values():
         with torch.inference_mode():
-            generate(prompts[0])
-    rounds = hf_rounds(target, draft, methods["hf_assisted"], prompts[0])
+            generate(prompt)
+    rounds = hf_rounds(target, draft, methods["hf_assisted"], prompt)
     console.print(
         f"hf_assisted warm-up check: {len(rounds)} rounds, drafted tokens per round max "
-        f"{max(rounds)} mean {statistics.mean(rounds):.2f} (gamma={args.gamma}; fewer only near the end)"
+        f"{max(rounds)} mean {statistics.mean(rounds):.2f} (gamma={gamma}; fewer only near the end)"
     )
-    if max(rounds) > args.gamma:
-        sys.exit(f"FAIL: hf_assisted drafted up to {max(rounds)} tokens per round, not gamma={args.gamma}")
+    if max(rounds) > gamma:
+        sys.exit(f"FAIL: hf_assisted drafted up to {max(rounds)} tokens per round, not gamma={gamma}")
+    return rounds
 
-    runs = benchmark(methods, prompts, args.repeats, args.device)
-    mismatch = check_identical(runs, prompts)  # reported after the timings, which stay worth keeping
-    if not mismatch:
-        console.print(
-            f"[green]identical[/]: all {len(methods)} methods gave the same tokens on all "
-            f"{len(prompts)} prompts in all {args.repeats} repeats"
-        )
-    summary = summarize(runs, args.gamma)
-    summary["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
-    if args.device == "cuda":
-        floor = bandwidth_floor(target, args.device)
-        for name in ("target", "target_compiled"):
-            if name in summary["tokens_per_s"]:
-                per_token_ms = 1e3 / summary["tokens_per_s"][name]["median"]
-                floor[f"{name}_ms_per_token"] = per_token_ms
-                floor[f"{name}_over_floor"] = per_token_ms / floor["floor_ms"]
-        summary["bandwidth_floor"] = floor
-    print_report(summary, args.repeats)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        record = {
-            "config": config,
-            "hf_rounds_warmup": rounds,
-            "identical": not mismatch,
-            "mismatches": mismatch,
-            **summary,
-        }
-        args.json.write_text(json.dumps(record, indent=2))
-        console.print(f"wrote {args.json}")
-    if mismatch:
-        sys.exit("\n".join(mismatch))
+
+def per_token_floor(floor: dict, summary: dict) -> dict:
+    """The bandwidth floor beside the target's measured ms per token (plain and compiled)."""
+    for name in ("target", "target_compiled"):
+        if name in summary["tokens_per_s"]:
+            per_token_ms = 1e3 / summary["tokens_per_s"][name]["median"]
+            floor[f"{name}_ms_per_token"] = per_token_ms
+            floor[f"{name}_over_floor"] = per_token_ms / floor["floor_ms"]
+    return floor
+
+
+def write_json(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
+    console.print(f"wrote {path}")
 
 
 if __name__ == "__main__":

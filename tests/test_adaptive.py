@@ -3,8 +3,15 @@
 import pytest
 import torch
 
-from specfair.decoding.adaptive import GammaPolicy, best_gamma, measure_costs
+from specfair.decoding.adaptive import GammaPolicy, best_gamma, measure_costs, tau
 from specfair.decoding.engine import DecodeStats, autoregressive_generate, speculative_generate
+from specfair.evaluation.acceptance import predicted_block_efficiency
+
+
+def test_tau_is_the_one_definition_evaluation_reports():
+    assert tau(0.0, 4) == 1.0 and tau(1.0, 4) == 5.0
+    assert tau(0.5, 3) == pytest.approx(1 + 0.5 + 0.25 + 0.125)
+    assert predicted_block_efficiency(0.3, 5) == tau(0.3, 5) and predicted_block_efficiency(None, 5) is None
 
 
 def test_best_gamma_follows_alpha_and_the_verify_cost():

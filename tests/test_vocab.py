@@ -20,6 +20,7 @@ from specfair.vocab import (
     load_id_map,
     pad_ids,
     prune_head,
+    pruned_head_ids,
     quantize_int8,
     save_id_map,
 )
@@ -44,6 +45,31 @@ def test_frequent_ids_rank_by_count_then_id_and_keep_forced_ids():
     assert frequent_ids([[5, 5, 3, 3, 9], [9, 9, 1]], 3) == [9, 3, 5]
     assert frequent_ids([[5, 5, 3]], 2, always=[7]) == [7, 5]
     assert pad_ids([4, 0], 4, vocab=10) == [4, 0, 1, 2]
+
+
+class NumberTokenizer:
+    """Whitespace-separated integers are their own ids, EOS is 0: enough of a tokenizer to choose ids with."""
+
+    eos_token_id = 0
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[int(word) for word in text.split()] for text in texts]}
+
+
+def test_pruned_head_ids_come_from_the_map_beside_the_draft_else_the_training_texts(tmp_path):
+    read = []
+
+    def texts():
+        read.append(True)
+        return ["5 5 3", "3 5 9"]
+
+    tokenizer = NumberTokenizer()
+    assert pruned_head_ids(3, 10, tmp_path, tokenizer, texts, "train") == ([0, 5, 3], "train")  # EOS first
+    assert pruned_head_ids(4, 10, None, tokenizer, list, "none") == ([0, 1, 2, 3], "none")  # padded
+    save_id_map(tmp_path, [7, 2, 4], "kd")
+    read.clear()
+    assert pruned_head_ids(2, 10, tmp_path, tokenizer, texts, "train") == ([7, 2], "kd")
+    assert not read  # with a map, the training texts are never read
 
 
 def test_pruned_head_scores_kept_ids_and_nothing_else(pruned_pair, close_pair):

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from specfair.decoding.sampling import eos_set
 from specfair.errors import SpecfairError
 
 VOCAB_MAP = "vocab_map.json"
@@ -126,6 +127,26 @@ def load_id_map(folder: str | Path, size: int, tokens: int) -> tuple[list[int], 
             "ask for fewer"
         )
     return ids[:size], source
+
+
+def pruned_head_ids(
+    size: int,
+    tokens: int,
+    folder: str | Path | None,
+    tokenizer: PreTrainedTokenizerBase,
+    train_texts: Callable[[], list[str]],
+    source: str,
+) -> tuple[list[int], str]:
+    """The `size` ids a `draft.vocab_size` head keeps, and where they came from: the id map beside the draft
+    (the ids it was trained on), else the ids most frequent in `train_texts` (training texts, never the prompts),
+    EOS among them. The texts are read and tokenized only when there is no map."""
+    found = load_id_map(folder, size, tokens) if folder and Path(folder).is_dir() else None
+    if found is not None:
+        return found
+    texts = train_texts()
+    lists = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    ids = frequent_ids(lists, size, always=sorted(eos_set(tokenizer.eos_token_id)))
+    return pad_ids(ids, size, tokens), source
 
 
 def quantize_int8(draft: PreTrainedModel, device: str | torch.device = "cpu") -> PreTrainedModel:

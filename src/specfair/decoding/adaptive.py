@@ -21,12 +21,17 @@ from specfair.decoding.drafters import as_drafter
 from specfair.decoding.sampling import GREEDY
 
 
+def tau(alpha: float, gamma: int) -> float:
+    """Leviathan et al.: E[tokens per target call] = (1 - α^(γ+1)) / (1 - α) under i.i.d. acceptance (γ + 1 at
+    α = 1, where the formula is 0/0)."""
+    return gamma + 1.0 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+
+
 def best_gamma(alpha: float, c: float, verify: list[float]) -> int:
     """The γ in 1..len(verify)-1 with the most expected tokens per unit time; verify[k-1] is v(k)."""
 
     def rate(gamma: int) -> float:
-        tau = gamma + 1.0 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
-        return tau / (gamma * c + verify[gamma])
+        return tau(alpha, gamma) / (gamma * c + verify[gamma])
 
     return max(range(1, len(verify)), key=rate)
 

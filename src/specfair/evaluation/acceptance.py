@@ -10,14 +10,13 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
+from specfair.decoding.adaptive import tau
 from specfair.records import COUNTERS, ratio
 
 
 def predicted_block_efficiency(alpha: float | None, gamma: int) -> float | None:
-    """Leviathan et al.: E[tokens per target call] = (1 - a^(g+1)) / (1 - a) under i.i.d. acceptance."""
-    if alpha is None:
-        return None
-    return float(gamma + 1) if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+    """τ(α, γ), the expected tokens per target call; None where α is not measured."""
+    return None if alpha is None else tau(alpha, gamma)
 
 
 def predicted_speedup(

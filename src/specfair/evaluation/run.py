@@ -43,15 +43,7 @@ from specfair.models import (
 from specfair.records import find_train_summary, load_samples, load_summary
 from specfair.tracking import log_evaluation
 from specfair.training.run import load_train_ids
-from specfair.vocab import (
-    check_size,
-    frequent_ids,
-    head_rows,
-    load_id_map,
-    pad_ids,
-    prune_head,
-    quantize_int8,
-)
+from specfair.vocab import check_size, head_rows, prune_head, pruned_head_ids, quantize_int8
 
 log = logging.getLogger(__name__)
 MODES = ("decode", "replay")
@@ -256,16 +248,17 @@ def draft_options(cfg: DictConfig, pair: Pair, splits) -> dict | None:
     if size:
         tokens = pair.vocab_size
         check_size(int(size), tokens)
-        folder = cfg.draft.get("path") or cfg.pair.get("draft")
-        found = load_id_map(folder, int(size), tokens) if folder and Path(folder).is_dir() else None
-        if found is None:
-            texts = [train_text(row, cfg.dataset) for row in splits.train]
-            lists = pair.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-            ids = frequent_ids(lists, int(size), always=sorted(eos_set(pair.tokenizer.eos_token_id)))
-            found = pad_ids(ids, int(size), tokens), f"{cfg.dataset.name} training texts ({len(texts)})"
-        ids, options["vocab_source"] = found
+        ids, source = pruned_head_ids(
+            int(size),
+            tokens,
+            cfg.draft.get("path") or cfg.pair.get("draft"),
+            pair.tokenizer,
+            lambda: [train_text(row, cfg.dataset) for row in splits.train],
+            f"{cfg.dataset.name} training texts ({len(splits.train)})",
+        )
+        options["vocab_source"] = source
         prune_head(pair.draft, ids)
-        log.info("draft head cut to %d of %d ids (from %s)", len(ids), head_rows(pair.target), found[1])
+        log.info("draft head cut to %d of %d ids (from %s)", len(ids), head_rows(pair.target), source)
     if quantize:
         pair.draft = quantize_int8(pair.draft, device_hint(cfg.trainer))
     return options
