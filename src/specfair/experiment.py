@@ -209,6 +209,8 @@ def training_steps(cfg: DictConfig, exp_dir: Path, common: list[str]) -> list[St
 def finetuned_draft(t: Step) -> list[str]:
     """evaluate.py overrides that load the draft a training step exports."""
     path = f"draft.path={t.info['export_dir'] / 'draft'}"
+    if t.info["start"] == "eagle":  # a feature head: draft=eagle reads any head's folder
+        return ["draft=eagle", path]
     if t.info["dataset"] == "generalist":
         return [
             "draft=generalist",

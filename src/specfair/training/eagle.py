@@ -161,7 +161,7 @@ class EagleModule(DraftModule):
             loss_mask = base & (positions >= k + 1)
             loss, parts = self.objective(batch["category"], ids, attention, target_logits, view, self.vocab,
                                          loss_mask=loss_mask)  # fmt: skip
-            if self.eagle.feature_weight:
+            if self.eagle.feature_weight and self.needs_target:  # lm: the text's tokens only
                 where = attention[:, 1:].bool() & (positions[:-1] >= k - 1)
                 feature = F.smooth_l1_loss(predicted.float(), final[:, 1:], reduction="none").mean(-1)
                 parts = {**parts, "feature": masked_mean(feature, where)}

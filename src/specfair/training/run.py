@@ -142,7 +142,8 @@ def train(cfg: DictConfig) -> TrainSummary | None:
     datamodule.setup("fit")  # the module's metric needs the category names
     module_cfg = cfg.module
     if head is not None:  # the same module config and losses, the feature head's training step
-        module_cfg = OmegaConf.merge(cfg.module, {"_target_": "specfair.training.eagle.EagleModule"})
+        module_cfg = OmegaConf.create(OmegaConf.to_container(cfg.module, resolve=True))
+        module_cfg._target_ = "specfair.training.eagle.EagleModule"
         module_cfg.eagle = OmegaConf.to_container(cfg.train.eagle, resolve=True)
     module: DraftModule = instantiate(
         module_cfg,
