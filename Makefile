@@ -34,7 +34,7 @@ generalist: setup
 # The generic feature head shipped in heads/ (docs/results.md): rebuilt from the generalist's corpus (which is
 # built first where missing), the target's features cached beside it. eagle-q1: it, fine-tuned per dataset.
 eagle: setup
-	HF_HUB_OFFLINE=1 $(PY) train.py train=eagle draft=eagle logger=none export_dir=heads/smollm2_135m/eagle
+	HF_HUB_OFFLINE=1 $(PY) train.py train=eagle draft=eagle draft.vocab_size=8192 logger=none export_dir=heads/smollm2_135m/eagle
 
 eagle-q1: setup
 	$(PY) experiment.py experiment=eagle

@@ -41,10 +41,14 @@ HEAD = ROOT / "heads" / "smollm2_135m" / "eagle" / "draft"
 
 def prompts_of(tokenizer, dataset: str, count: int) -> list[torch.Tensor]:
     """`count` evaluation texts spread evenly over the bundled sample, cut to PROMPT_TOKENS tokens, [1, L]."""
-    rows = [json.loads(line) for line in (SAMPLES / f"{dataset}.jsonl").open(encoding="utf-8") if line.strip()]
+    rows = [
+        json.loads(line) for line in (SAMPLES / f"{dataset}.jsonl").open(encoding="utf-8") if line.strip()
+    ]
     texts = [r["text"] for r in rows if r["split"] == "eval"]
     chosen = texts[:: max(1, len(texts) // count)][:count]
-    return [torch.tensor([tokenizer(t, add_special_tokens=False)["input_ids"][:PROMPT_TOKENS]]) for t in chosen]
+    return [
+        torch.tensor([tokenizer(t, add_special_tokens=False)["input_ids"][:PROMPT_TOKENS]]) for t in chosen
+    ]
 
 
 def methods_for(target, head, layer, args, eos: int, warm: torch.Tensor) -> dict:
@@ -104,15 +108,22 @@ def run(args) -> dict:
     head = load_head(args.head, target, "--head")
     layer = load_model(str(args.layer_draft)) if args.layer_draft else truncated_draft(target, 4)
     eos = tokenizer.eos_token_id
-    result = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "datasets": {}}
+    result = {
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "datasets": {},
+    }
     for dataset in args.datasets:
         prompts = prompts_of(tokenizer, dataset, args.prompts)
         stats, methods = methods_for(target, head, layer, args, eos, prompts[0])
         seconds, outputs = time_all(methods, prompts, args.repeats, target.device)
-        mismatches = sum(any(outputs[m][i] != outputs["target"][i] for m in methods) for i in range(len(prompts)))
+        mismatches = sum(
+            any(outputs[m][i] != outputs["target"][i] for m in methods) for i in range(len(prompts))
+        )
         total = {m: sum(s) for m, s in seconds.items()}
         tokens = sum(len(o) for o in outputs["target"])
-        accepted = {m: sum(s.accepted for s in v) / max(1, sum(s.blocks for s in v)) for m, v in stats.items()}
+        accepted = {
+            m: sum(s.accepted for s in v) / max(1, sum(s.blocks for s in v)) for m, v in stats.items()
+        }
         result["datasets"][dataset] = {
             "prompts": len(prompts), "tokens": tokens, "mismatches": mismatches,
             "tokens_per_s": {m: tokens / t for m, t in total.items()},
@@ -128,7 +139,14 @@ def show(result: dict) -> None:
     table = Table(title=f"feature head vs layer draft, gamma={s['gamma']} (auto up to {s['gamma_max']}), "
                         f"{s['max_new_tokens']} new tokens, {s['prompts']} prompts, {s['repeats']} repeats")  # fmt: skip
     methods = ("eagle", "eagle(auto)", "layer", "hf_assisted")
-    for header in ("dataset", "target tok/s", *methods, "eagle / hf_assisted", "eagle accepted/block", "identical"):
+    for header in (
+        "dataset",
+        "target tok/s",
+        *methods,
+        "eagle / hf_assisted",
+        "eagle accepted/block",
+        "identical",
+    ):
         table.add_column(header, justify="right")
     for name, d in result["datasets"].items():
         table.add_row(name, f"{d['tokens_per_s']['target']:.1f}", *(f"{d['speedup'][m]:.2f}x" for m in methods),
@@ -140,7 +158,9 @@ def show(result: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--head", type=Path, default=HEAD, help="a feature head's folder (eagle.save_head)")
-    parser.add_argument("--layer-draft", type=Path, default=None, help="an HF draft folder (default: 4 layers)")
+    parser.add_argument(
+        "--layer-draft", type=Path, default=None, help="an HF draft folder (default: 4 layers)"
+    )
     parser.add_argument("--datasets", nargs="+", default=["imdb", "agnews"])
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--gamma", type=int, default=4)

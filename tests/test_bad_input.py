@@ -20,6 +20,22 @@ from specfair import ROOT
 
 # (command, arguments, what the one line must say); FILES/... is the `bad_files` folder
 CASES = [
+    # draft=eagle: its training settings and its head's folder, before any model loads or in one line after
+    (
+        "train",
+        ["draft=eagle", "train=eagle", "train.eagle.unroll=0"],
+        "train.eagle.unroll=0: expected an integer >= 1",
+    ),
+    (
+        "train",
+        ["draft=eagle", "train.eagle.step_decay=0"],
+        "train.eagle.step_decay=0: expected a number in (0, 1]",
+    ),
+    (
+        "evaluate",
+        ["draft=eagle", "draft.path=bad/nohead", "mode=replay"],
+        "draft.path=bad/nohead: no such folder",
+    ),
     # spec: types and ranges, before any model loads
     ("evaluate", ["spec.gamma=abc"], "spec.gamma='abc': expected an integer >= 1"),
     ("evaluate", ["spec.gamma=0"], "spec.gamma=0: expected an integer >= 1"),

@@ -67,7 +67,10 @@ def test_cached_and_live_features_give_the_same_losses(target, tmp_path, fusion)
     m = module(target, fusion, unroll=3)
     texts = corpus(target)
     features = corpus_features(target, texts.train_ids[:4], m.layers, tmp_path)
-    items = [{"ids": ids, "category": 0, "features": f} for ids, f in zip(texts.train_ids[:4], features, strict=True)]
+    items = [
+        {"ids": ids, "category": 0, "features": f}
+        for ids, f in zip(texts.train_ids[:4], features, strict=True)
+    ]
     cached = collate(items, 0)
     live = {k: v for k, v in cached.items() if k != "features"}
     a, _ = m.step_losses(cached)
@@ -87,7 +90,9 @@ def test_stored_layers_hold_the_inputs_and_the_final_state(target):
 def test_a_head_learns_the_target_through_the_lightning_module(target, tmp_path):
     texts = corpus(target, n=40)
     m = module(target, unroll=2)
-    dm = DraftDataModule(texts=texts, batch_size=8, max_length=24, feature_layers=m.layers, cache_dir=tmp_path)
+    dm = DraftDataModule(
+        texts=texts, batch_size=8, max_length=24, feature_layers=m.layers, cache_dir=tmp_path
+    )
     dm.texts.train_features = corpus_features(target, texts.train_ids, m.layers, tmp_path)
     dm.texts.val_features = corpus_features(target, texts.val_ids, m.layers, tmp_path)
     trainer = pl.Trainer(max_steps=60, max_epochs=1, val_check_interval=60, logger=False, enable_checkpointing=False,
@@ -106,3 +111,70 @@ def test_bad_settings_are_refused_in_one_line(target):
         EagleModule(EagleHead(target), target, ["x"], VOCAB, sampling="group_dro")
     with pytest.raises(SpecfairError, match="on_policy_fraction"):
         EagleModule(EagleHead(target), target, ["x"], VOCAB, on_policy_fraction=0.5)
+
+
+def test_the_three_pass_forward_kl_is_the_divergence_and_its_gradient():
+    from specfair.training.losses import divergence, forward_kl
+
+    torch.manual_seed(1)
+    t, d = torch.randn(3, 5, 40) * 3, (torch.randn(3, 5, 40) * 2).requires_grad_(True)
+    fast = forward_kl(t, d)
+    slow = divergence(t, d, "fkl")
+    assert torch.allclose(fast, slow, atol=1e-5)
+    (g_fast,) = torch.autograd.grad(fast.sum(), d)
+    (g_slow,) = torch.autograd.grad(slow.sum(), d)
+    assert torch.allclose(g_fast, g_slow, atol=1e-6)
+
+
+def test_the_fast_path_and_distillation_loss_agree_on_a_step(target, tmp_path):
+    m = module(target, unroll=2)
+    texts = corpus(target)
+    features = corpus_features(target, texts.train_ids[:4], m.layers, tmp_path)
+    items = [
+        {"ids": ids, "category": 0, "features": f}
+        for ids, f in zip(texts.train_ids[:4], features, strict=True)
+    ]
+    batch = collate(items, 0)
+    assert m.fast_kl
+    fast, _ = m.step_losses(batch)
+    m.fast_kl = False
+    slow, _ = m.step_losses(batch)
+    for (a, _), (b, _) in zip(fast, slow, strict=True):
+        assert torch.allclose(a, b, atol=1e-5), (a, b)
+
+
+def test_a_reduced_draft_vocabulary_trains_on_the_kept_rows_and_validates_as_the_pruned_drafter(
+    target, tmp_path
+):
+    """draft.vocab_size=N for a head: the step scores N rows only (both distributions renormalised over them, as
+    DistillationLoss does with `kept`); validation's q is 0 outside them, as the pruned drafter's."""
+    from specfair.training.losses import DistillationLoss as Loss
+
+    texts = corpus(target)
+    kept = list(range(0, VOCAB, 2)) + [1, 3]
+    torch.manual_seed(0)
+    m = EagleModule(EagleHead(target), target, ["x", "y"], VOCAB, eagle={"autocast": None, "unroll": 1},
+                    loss=Loss(), kept_ids=kept)  # fmt: skip
+    features = corpus_features(target, texts.train_ids[:4], m.layers, tmp_path)
+    items = [
+        {"ids": ids, "category": 0, "features": f}
+        for ids, f in zip(texts.train_ids[:4], features, strict=True)
+    ]
+    batch = collate(items, 0)
+    ((_, parts),) = m.step_losses(batch)[0]
+    loss = parts["kd"]
+    # the same loss from full-vocabulary logits through DistillationLoss's renormalisation over `kept`
+    mask = torch.zeros(VOCAB, dtype=torch.bool)
+    mask[kept] = True
+    with torch.no_grad():
+        final = batch["features"].float()[:, :, -1]
+        t = target.lm_head(final)
+        _, logits = m.head(batch["features"].float()[:, :-1], batch["input_ids"][:, 1:])
+    view = torch.cat([logits[:, :1] * 0, logits], dim=1)
+    positions = torch.arange(batch["input_ids"].shape[1])
+    expected, _ = Loss()(batch["input_ids"], batch["attention_mask"], t, view, VOCAB,
+                         loss_mask=batch["attention_mask"].bool() & (positions >= 2), kept=mask)  # fmt: skip
+    assert torch.allclose(loss, expected, atol=1e-5), (loss, expected)
+    m.val_metric.reset()
+    m.validation_step(batch, 0)
+    assert 0 < m.val_metric.compute()["expected_alpha"] < 1

@@ -239,6 +239,8 @@ def draft_options(cfg: DictConfig, pair: Pair, splits) -> dict | None:
     size, quantize = cfg.draft.get("vocab_size"), cfg.draft.get("quantize")
     if not size and not quantize:
         return None
+    if cfg.draft.name == "eagle":  # a feature head prunes its own scoring rows (eagle.eagle_drafter)
+        return {"vocab_size": size, "quantize": quantize}
     if pair.draft is None:
         option = "draft.vocab_size" if size else "draft.quantize"
         raise SpecfairError(

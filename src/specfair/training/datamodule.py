@@ -60,7 +60,12 @@ class TrainStream(Dataset):
         teacher: list | None = None,
         features: list | None = None,
     ):
-        self.token_ids, self.categories, self.teacher, self.features = token_ids, categories, teacher, features
+        self.token_ids, self.categories, self.teacher, self.features = (
+            token_ids,
+            categories,
+            teacher,
+            features,
+        )
         self.length, self.max_length, self.seed = length, max_length, seed
         total = sum(weights)
         self.cumulative = list(itertools.accumulate(w / total for w in weights))
@@ -131,8 +136,8 @@ def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     out = {"input_ids": input_ids, "attention_mask": attention}
     keys = [k for k in ("top_ids", "top_logprobs", "taught", "features") if k in batch[0]]
     for key in keys:
-            first = batch[0][key]
-            out[key] = torch.zeros((len(batch), longest, *first.shape[1:]), dtype=first.dtype)
+        first = batch[0][key]
+        out[key] = torch.zeros((len(batch), longest, *first.shape[1:]), dtype=first.dtype)
     for i, item in enumerate(batch):
         n = len(item["ids"])
         input_ids[i, :n] = torch.tensor(item["ids"])
@@ -296,8 +301,12 @@ class DraftDataModule(pl.LightningDataModule):
                 t, size = self.texts, int(self.corpus_cfg.batch_size)
                 self.texts = dataclasses.replace(
                     t,
-                    train_features=corpus_features(self.target, t.train_ids, self.feature_layers, self.cache_dir, size),
-                    val_features=corpus_features(self.target, t.val_ids, self.feature_layers, self.cache_dir, size),
+                    train_features=corpus_features(
+                        self.target, t.train_ids, self.feature_layers, self.cache_dir, size
+                    ),
+                    val_features=corpus_features(
+                        self.target, t.val_ids, self.feature_layers, self.cache_dir, size
+                    ),
                 )
             return
         continue_with = self._continuations if self.validate_on == "target" or self.data == "target" else None

@@ -64,6 +64,18 @@ def stored_divergence(
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
+def forward_kl(target_logits: torch.Tensor, draft_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p||q) per position, as `divergence(..., "fkl")`, in three passes over the vocabulary instead of ten:
+    logsumexp(d) - sum p d - H(p), with p and H(p) taken without gradients (the teacher is a constant). What the
+    feature head's training uses: its step is dominated by these vocabulary-wide element-wise passes on a CPU."""
+    with torch.no_grad():
+        log_p = F.log_softmax(target_logits.float(), -1)
+        p = log_p.exp()
+        entropy = -(p * log_p).sum(-1)
+    d = draft_logits.float()
+    return torch.logsumexp(d, -1) - (p * d).sum(-1) - entropy
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `values` where `mask` is set (same shape); 0 when nothing is (an empty batch is no NaN)."""
     mask = mask.to(values.dtype)

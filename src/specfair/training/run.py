@@ -8,6 +8,7 @@ where `evaluate.py draft=finetuned` finds it, with `train_summary.json` (records
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import zipfile
@@ -247,12 +248,25 @@ def kept_ids(cfg: DictConfig, texts: TrainTexts, tokenizer) -> list[int] | None:
     if not size:
         return None
     check_size(int(size), len(tokenizer))
-    ids = trained_ids(texts, tokenizer)[: int(size)]
+    ids = (start_id_map(cfg, tokenizer) or trained_ids(texts, tokenizer))[: int(size)]
     if len(ids) < int(size):
         raise SpecfairError(
             f"draft.vocab_size={size}: the training texts use only {len(ids)} distinct ids; ask for fewer"
         )
     return ids
+
+
+def start_id_map(cfg: DictConfig, tokenizer) -> list[int] | None:
+    """A feature head fine-tuned from a trained one keeps that head's id map (its kept ids stay the same)."""
+    from specfair.vocab import load_id_map
+
+    if cfg.draft.name != "eagle" or cfg.train.eagle.from_scratch or not cfg.draft.get("path"):
+        return None
+    found = load_id_map(cfg.draft.path, 1, len(tokenizer))
+    if found is None:
+        return None
+    return load_id_map(cfg.draft.path, len(json.loads((Path(cfg.draft.path) / "vocab_map.json").read_text())["ids"]),
+                       len(tokenizer))[0]  # fmt: skip
 
 
 def summarize(
@@ -315,11 +329,13 @@ def export(
         tokenizer.save_pretrained(tmp / "draft")
     if texts is not None:
         # every id the draft trained on, most frequent first: draft.vocab_size=N cuts from it
+        start = start_id_map(cfg, tokenizer)
         save_id_map(
             tmp / "draft",
-            trained_ids(texts, tokenizer),
-            f"{summary['dataset']} training texts ({len(texts.train_ids)})",
-        )
+            start or trained_ids(texts, tokenizer),
+            f"the start head's id map ({cfg.draft.path})" if start
+            else f"{summary['dataset']} training texts ({len(texts.train_ids)})",
+        )  # fmt: skip
     save_json(summary, tmp / "train_summary.json")
     save_train_ids(row_ids or [], tmp / TRAIN_IDS)
     old = final.with_name(final.name + ".old")
