@@ -5,6 +5,7 @@ that learns the target (validation alpha up) through the same Lightning module, 
 import lightning.pytorch as pl
 import pytest
 import torch
+from test_eagle import one_thread  # noqa: F401  (autouse: tiny models, one intra-op thread)
 
 from specfair.decoding.eagle import EagleConfig, EagleHead, target_states
 from specfair.errors import SpecfairError
@@ -14,14 +15,6 @@ from specfair.training.eagle import EagleModule, EagleTraining, corpus_features,
 from specfair.training.losses import DistillationLoss
 
 VOCAB = 32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +27,17 @@ def corpus(target, n=24):
     made = continuation_corpus(target, prompts, ["x" if i % 3 else "y" for i in range(n)], VOCAB, frozenset(),
                                max_new_tokens=20, teacher_k=4, batch_size=8, cache_dir=None)  # fmt: skip
     return corpus_texts(made, val_count=6, seed=0)
+
+
+def feature_batch(target, layers, cache, n=4) -> dict:
+    """A collated batch of the first n corpus texts with their cached target features."""
+    texts = corpus(target)
+    features = corpus_features(target, texts.train_ids[:n], layers, cache)
+    items = [
+        {"ids": ids, "category": 0, "features": f}
+        for ids, f in zip(texts.train_ids[:n], features, strict=True)
+    ]
+    return collate(items, 0)
 
 
 def module(target, fusion="top", seed=0, **eagle):
@@ -65,13 +69,7 @@ def test_features_are_the_targets_states_cached_once(target, tmp_path):
 @pytest.mark.parametrize("fusion", ["top", "low_mid_top"])
 def test_cached_and_live_features_give_the_same_losses(target, tmp_path, fusion):
     m = module(target, fusion, unroll=3)
-    texts = corpus(target)
-    features = corpus_features(target, texts.train_ids[:4], m.layers, tmp_path)
-    items = [
-        {"ids": ids, "category": 0, "features": f}
-        for ids, f in zip(texts.train_ids[:4], features, strict=True)
-    ]
-    cached = collate(items, 0)
+    cached = feature_batch(target, m.layers, tmp_path)
     live = {k: v for k, v in cached.items() if k != "features"}
     a, _ = m.step_losses(cached)
     b, _ = m.step_losses(live)
@@ -128,13 +126,7 @@ def test_the_three_pass_forward_kl_is_the_divergence_and_its_gradient():
 
 def test_the_fast_path_and_distillation_loss_agree_on_a_step(target, tmp_path):
     m = module(target, unroll=2)
-    texts = corpus(target)
-    features = corpus_features(target, texts.train_ids[:4], m.layers, tmp_path)
-    items = [
-        {"ids": ids, "category": 0, "features": f}
-        for ids, f in zip(texts.train_ids[:4], features, strict=True)
-    ]
-    batch = collate(items, 0)
+    batch = feature_batch(target, m.layers, tmp_path)
     assert m.fast_kl
     fast, _ = m.step_losses(batch)
     m.fast_kl = False
@@ -150,17 +142,11 @@ def test_a_reduced_draft_vocabulary_trains_on_the_kept_rows_and_validates_as_the
     DistillationLoss does with `kept`); validation's q is 0 outside them, as the pruned drafter's."""
     from specfair.training.losses import DistillationLoss as Loss
 
-    texts = corpus(target)
     kept = list(range(0, VOCAB, 2)) + [1, 3]
     torch.manual_seed(0)
     m = EagleModule(EagleHead(target), target, ["x", "y"], VOCAB, eagle={"autocast": None, "unroll": 1},
                     loss=Loss(), kept_ids=kept)  # fmt: skip
-    features = corpus_features(target, texts.train_ids[:4], m.layers, tmp_path)
-    items = [
-        {"ids": ids, "category": 0, "features": f}
-        for ids, f in zip(texts.train_ids[:4], features, strict=True)
-    ]
-    batch = collate(items, 0)
+    batch = feature_batch(target, m.layers, tmp_path)
     ((_, parts),) = m.step_losses(batch)[0]
     loss = parts["kd"]
     # the same loss from full-vocabulary logits through DistillationLoss's renormalisation over `kept`

@@ -225,6 +225,10 @@ class DraftModule(pl.LightningModule):
                 batch["category"], batch["input_ids"], batch["attention_mask"], target_logits, draft_logits,
                 self.vocab, loss_mask=loss_mask, ce_mask=ce_mask,
             )  # fmt: skip
+        return self.log_step(loss, parts)
+
+    def log_step(self, loss: torch.Tensor, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Stop on a non-finite loss (the last checkpoint keeps the last good weights); log loss, parts, lr."""
         if not torch.isfinite(loss):
             raise SpecfairError(
                 f"non-finite training loss ({float(loss.detach())}) at step {self.trainer.global_step}: "

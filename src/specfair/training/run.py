@@ -258,15 +258,18 @@ def kept_ids(cfg: DictConfig, texts: TrainTexts, tokenizer) -> list[int] | None:
 
 def start_id_map(cfg: DictConfig, tokenizer) -> list[int] | None:
     """A feature head fine-tuned from a trained one keeps that head's id map (its kept ids stay the same)."""
-    from specfair.vocab import load_id_map
+    from specfair.vocab import VOCAB_MAP, load_id_map
 
     if cfg.draft.name != "eagle" or cfg.train.eagle.from_scratch or not cfg.draft.get("path"):
         return None
-    found = load_id_map(cfg.draft.path, 1, len(tokenizer))
-    if found is None:
+    path = Path(cfg.draft.path) / VOCAB_MAP
+    if not path.is_file():
         return None
-    return load_id_map(cfg.draft.path, len(json.loads((Path(cfg.draft.path) / "vocab_map.json").read_text())["ids"]),
-                       len(tokenizer))[0]  # fmt: skip
+    try:
+        size = len(json.loads(path.read_text(encoding="utf-8"))["ids"])
+    except (ValueError, KeyError, TypeError):
+        size = 1  # load_id_map names what is wrong with the file
+    return load_id_map(cfg.draft.path, size, len(tokenizer))[0]
 
 
 def summarize(
