@@ -186,7 +186,8 @@ def check_before_loading(cfg: DictConfig) -> Prepared:
     if cfg.draft.get("name") in MODEL_FREE_DRAFTS:
         build_drafter(None, cfg.draft)  # its settings are checked before any model loads
     if cfg.draft.get("name") in NO_DRAFT_MODEL:
-        for option in ("vocab_size", "quantize"):
+        # a feature head prunes its own scoring rows (draft.vocab_size, eagle.eagle_drafter); nothing quantizes yet
+        for option in ("quantize",) if cfg.draft.name == "eagle" else ("vocab_size", "quantize"):
             if cfg.draft.get(option):
                 raise SpecfairError(
                     f"draft.{option}: draft={cfg.draft.name} has no model to prune or quantize; leave it null"
