@@ -20,12 +20,14 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(PY) evaluate.py -m draft=base,eagle logger=wandb
 
-# What CI runs: everything that guards correctness (~8 min on 2 cores). test-all adds the slow-marked tests.
+# What CI runs: everything that guards correctness, one pytest worker per core (one torch thread each; a file's
+# tests stay on one worker, so module fixtures load once). test-all adds the slow-marked tests.
+PYTEST := HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -n auto --dist loadfile
 test: setup
-	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 test-all: setup
-	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q
+	$(PYTEST)
 
 # The experiments (docs/results.md): train where no checkpoint exists, evaluate, report into logs/experiment/<name>.
 generalist: setup

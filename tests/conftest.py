@@ -1,13 +1,22 @@
 import contextlib
+import io
 import os
+import runpy
+import sys
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs a worker per core: one thread each, and the
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # commands a test starts inherit that
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")  # ../shared/data
 
@@ -125,3 +134,53 @@ def shared_data():
     if not os.path.isdir(SHARED_DATA):
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+def run_in_process(command: str, args: list[str], out: Path) -> tuple[int | None, str]:
+    """(exit status, stderr) of `python <command>.py ARGS` run here (runpy: no interpreter start-up, no
+    second import of torch), with the run folder at `out` and no logger unless given."""
+    from specfair import ROOT
+
+    if command == "report":
+        argv, target = ["specfair.report", *args], ("module", "specfair.report")
+    else:
+        argv = [f"{command}.py", *args]
+        if not any(a.startswith("logger") for a in args):
+            argv.append("logger=none")
+        if not any(a.startswith("hydra.run.dir=") for a in args):
+            argv.append(f"hydra.run.dir={out}")
+        target = ("path", str(ROOT / f"{command}.py"))
+    err, status = io.StringIO(), None
+    old_argv = sys.argv
+    sys.argv = argv
+    try:
+        with contextlib.redirect_stderr(err):
+            if target[0] == "module":
+                runpy.run_module(target[1], run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(target[1], run_name="__main__")
+    except SystemExit as stop:
+        status = stop.code
+    finally:
+        sys.argv = old_argv
+    return status, err.getvalue()
+
+
+@pytest.fixture
+def one_line_error(monkeypatch, tmp_path):
+    """A factory: `one_line_error(command, *args)` runs the command here, as a user on a single machine would,
+    asserts exit status 2 with one `error:` line and no traceback, and returns that line."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.delenv("SPECFAIR_DEBUG", raising=False)
+    for name in ("SLURM_NTASKS", "TORCHELASTIC_RUN_ID", "LSB_JOBID", "MASTER_ADDR"):  # no multi-node launcher
+        monkeypatch.delenv(name, raising=False)
+
+    def run(command: str, *args: str) -> str:
+        status, stderr = run_in_process(command, list(args), tmp_path / "run")
+        errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+        assert status == 2, stderr[-2000:]
+        assert len(errors) == 1 and "Traceback" not in stderr, stderr[-2000:]
+        assert not (tmp_path / "run" / "summary.json").exists()
+        return errors[0]
+
+    return run

@@ -113,8 +113,8 @@ def trained_draft(tmp_path):
         seed=0,
         steps=10,
         data={"train_counts": counts, "imbalance": {"ratio": 6}},
-        val_before={f"expected_alpha/{c}": 0.1 for c in CATEGORIES},
-        val_after={f"expected_alpha/{c}": 0.2 for c in CATEGORIES},
+        val_before={"per_category": {c: {"expected_alpha": 0.1} for c in CATEGORIES}},
+        val_after={"per_category": {c: {"expected_alpha": 0.2} for c in CATEGORIES}},
     )
     rec.save_json(train, export / "train_summary.json")
     (export / "draft").mkdir()

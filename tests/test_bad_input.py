@@ -5,16 +5,13 @@ The commands run in this process (runpy, as `python evaluate.py ...` would) to k
 subprocess form, with its real exit status and stderr, is checked on a few of them at the end.
 """
 
-import contextlib
-import io
 import json
 import random
-import runpy
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import run_in_process
 
 from specfair import ROOT
 
@@ -390,33 +387,6 @@ def bad_files(tmp_path_factory):
     return root
 
 
-def run_in_process(command: str, args: list[str], out: Path) -> tuple[int | None, str]:
-    """(exit status, stderr) of `python <command>.py ARGS` run here."""
-    if command == "report":
-        argv, target = ["specfair.report", *args], ("module", "specfair.report")
-    else:
-        argv = [f"{command}.py", *args]
-        if not any(a.startswith("logger") for a in args):
-            argv.append("logger=none")
-        if not any(a.startswith("hydra.run.dir=") for a in args):
-            argv.append(f"hydra.run.dir={out}")
-        target = ("path", str(ROOT / f"{command}.py"))
-    err, status = io.StringIO(), None
-    old_argv = sys.argv
-    sys.argv = argv
-    try:
-        with contextlib.redirect_stderr(err):
-            if target[0] == "module":
-                runpy.run_module(target[1], run_name="__main__", alter_sys=True)
-            else:
-                runpy.run_path(target[1], run_name="__main__")
-    except SystemExit as stop:
-        status = stop.code
-    finally:
-        sys.argv = old_argv
-    return status, err.getvalue()
-
-
 def test_the_table_has_at_least_forty_cases():
     assert len(CASES) >= 40
 
@@ -448,20 +418,9 @@ def test_a_bad_vocab_map_is_one_line_naming_the_entry(tmp_path, saved, message):
 
 
 @pytest.mark.parametrize("command, args, message", CASES, ids=[f"{c}:{' '.join(a)}" for c, a, _ in CASES])
-def test_bad_input_is_one_error_line_with_exit_status_2(
-    bad_files, tmp_path, monkeypatch, command, args, message
-):
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.delenv("SPECFAIR_DEBUG", raising=False)
-    for name in ("SLURM_NTASKS", "TORCHELASTIC_RUN_ID", "LSB_JOBID", "MASTER_ADDR"):  # no multi-node launcher
-        monkeypatch.delenv(name, raising=False)
-    args = [a.replace("FILES", str(bad_files)) for a in args]
-    status, stderr = run_in_process(command, args, tmp_path / "run")
-    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert status == 2, stderr[-2000:]
-    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-2000:]
-    assert message.replace("FILES", str(bad_files)) in errors[0], errors[0]
-    assert not (tmp_path / "run" / "summary.json").exists()
+def test_bad_input_is_one_error_line_with_exit_status_2(bad_files, one_line_error, command, args, message):
+    error = one_line_error(command, *(a.replace("FILES", str(bad_files)) for a in args))
+    assert message.replace("FILES", str(bad_files)) in error, error
 
 
 def test_the_real_command_line_gives_one_line_and_debug_keeps_the_trace(tmp_path):

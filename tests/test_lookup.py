@@ -160,11 +160,6 @@ def test_evaluate_with_lookup_is_lossless_and_replay_equals_decoding(tmp_path):
         (["mode=replay", "spec.temperature=1"], "draft=lookup: sampled replay needs"),
     ],
 )
-def test_bad_lookup_settings_are_one_line(tmp_path, overrides, message):
-    from test_evaluate import run_evaluate
-
-    result = run_evaluate("draft=lookup", "logger=none", *overrides, f"hydra.run.dir={tmp_path}")
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and message in lines[-1] and lines[-1].startswith("error:"), result.stderr[
-        -2000:
-    ]
+def test_bad_lookup_settings_are_one_line(one_line_error, overrides, message):
+    error = one_line_error("evaluate", "draft=lookup", *overrides)
+    assert message in error, error

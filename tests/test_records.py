@@ -46,3 +46,23 @@ def test_bad_files_are_one_line_naming_file_and_field(tmp_path):
 
 def test_ratio_is_none_where_undefined_never_zero_or_nan():
     assert rec.ratio(1, 4) == 0.25 and rec.ratio(0, 0) is None and rec.ratio(None, 3) is None
+
+
+def test_a_version_1_train_summary_reads_with_its_categories_nested(tmp_path):
+    flat = {
+        "step": 4,
+        "expected_alpha": 0.3,
+        "expected_alpha/chat/greedy": 0.4,
+        "greedy_agreement/chat/greedy": 0.5,
+    }
+    old = dict(pair="p", dataset="toy", train={}, seed=0, steps=4, data={}, version=1,
+               val_before=flat, val_after=flat, history=[flat, flat])  # fmt: skip
+    (tmp_path / "train_summary.json").write_text(json.dumps(old))
+    summary = rec.load_train_summary(tmp_path)
+    assert summary.version == 1  # as read
+    for entry in (summary.val_before, summary.val_after, *summary.history):
+        assert entry == {"step": 4, "expected_alpha": 0.3,
+                         "per_category": {"chat/greedy": {"expected_alpha": 0.4, "greedy_agreement": 0.5}}}  # fmt: skip
+        assert rec.category_value(entry, "chat/greedy") == 0.4 and rec.category_value(entry, "other") is None
+    rec.save_json(summary, tmp_path / "again.json")
+    assert json.loads((tmp_path / "again.json").read_text())["version"] == rec.TrainSummary.latest == 2

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 from test_analysis_report import finetuned, write_run
-from test_bad_input import run_in_process
+from conftest import run_in_process
 
 from specfair import ROOT, app
 from specfair.report import build_report, find_runs

@@ -8,7 +8,7 @@ import sys
 import time
 
 import pytest
-from test_bad_input import run_in_process
+from conftest import run_in_process
 from test_resume import assert_same_counters, command
 
 from specfair import ROOT

@@ -2,9 +2,6 @@
 first turn in the chat template, the second after the target's own answer, and its bad inputs."""
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -244,16 +241,9 @@ def bad_files(tmp_path_factory):
 
 
 @pytest.mark.parametrize("command, args, message", BAD, ids=[f"{c}:{' '.join(a)}" for c, a, _ in BAD])
-def test_bad_input_is_one_error_line_with_exit_status_2(bad_files, tmp_path, command, args, message):
-    args = [a.replace("FILES", str(bad_files)) for a in args]
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "SPECFAIR_DEBUG")}
-    cmd = [sys.executable, str(ROOT / f"{command}.py"), "dataset=spec_bench", *args, "logger=none",
-           f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd="/", env=env)
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert message.replace("FILES", str(bad_files)) in errors[0], errors[0]
+def test_bad_input_is_one_error_line_with_exit_status_2(bad_files, one_line_error, command, args, message):
+    error = one_line_error(command, "dataset=spec_bench", *(a.replace("FILES", str(bad_files)) for a in args))
+    assert message.replace("FILES", str(bad_files)) in error, error
 
 
 def test_train_path_or_the_generalist_corpus_lift_the_training_refusal(compose_cfg, tmp_path):

@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 
 from specfair import ROOT
 from specfair.errors import SpecfairError
-from specfair.records import VERSION, load_train_summary
+from specfair.records import TrainSummary, category_value, load_train_summary
 from specfair.training.module import DraftModule
 from specfair.training.run import check_train_cfg
 
@@ -76,11 +76,11 @@ def test_train_py_exports_a_draft_that_evaluate_and_transformers_load(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     folder = ckpts / "smollm2_135m" / "agnews" / "kd" / "from-base" / "seed1"  # data, arm, start, seed
     summary = load_train_summary(folder)
-    assert summary.version == VERSION and summary.steps == 3 and summary.pair == "smollm2_135m"
+    assert summary.version == TrainSummary.latest and summary.steps == 3 and summary.pair == "smollm2_135m"
     assert summary.train["divergence"] == "fkl" and "module" not in summary.train  # train.* as configured
     assert [h["step"] for h in summary.history] == [0, 2, 3]
     assert set(summary.data["train_counts"]) == {"World", "Sports", "Business", "Sci/Tech"}
-    assert 0 < summary.val_before["expected_alpha"] < 1 and "expected_alpha/World" in summary.val_after
+    assert 0 < summary.val_before["expected_alpha"] < 1 and category_value(summary.val_after, "World") > 0
     assert load_train_summary(tmp_path / "train").to_dict() == summary.to_dict()
     from specfair.training.run import load_train_ids  # the training rows' ids, beside train_summary.json
 

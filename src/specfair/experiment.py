@@ -314,9 +314,10 @@ def preflight(step: Step) -> None:
 
         check_train_cfg(composed)
     else:
-        from specfair.evaluation.run import check_mode, resolve_gamma
+        from specfair.decoding.spec import DecodingSpec
+        from specfair.evaluation.run import check_mode
 
-        check_mode(composed, resolve_gamma(OmegaConf.to_container(composed.spec, resolve=True)))
+        check_mode(composed, DecodingSpec.from_config(OmegaConf.to_container(composed.spec, resolve=True)))
 
 
 def dry_run(steps: list[Step]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from specfair import cache_root
 from specfair.errors import SpecfairError
 from specfair.records import find_train_summary
 from specfair.vocab import head_rows
@@ -48,10 +48,6 @@ class Pair:
         if self.draft is None:
             return min(head_rows(self.target), len(self.tokenizer))
         return shared_vocab_size(self.target, self.draft, len(self.tokenizer))
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SPECFAIR_CACHE", Path.home() / ".cache" / "specfair"))
 
 
 def resolve_dtype(name: str | None, device: str | torch.device = "cpu") -> torch.dtype:

@@ -70,6 +70,7 @@ class Record(Mapping):
     """Dataclass base: `record.field` and `record["field"]` both work; unknown keys are kept in `extra`."""
 
     kind: ClassVar[str] = "record"
+    latest: ClassVar[int] = VERSION  # the newest version of this kind that this code writes and reads
 
     def __getitem__(self, key: str) -> Any:
         if key in self._names():
@@ -94,6 +95,11 @@ class Record(Mapping):
         return {key: self[key] for key in self}
 
     @classmethod
+    def upgrade(cls, fields: dict, version: int) -> dict:
+        """An older version's fields in today's shape (the version number itself is kept as read)."""
+        return fields
+
+    @classmethod
     def from_dict(cls: type[R], data: Mapping, source: str | Path = "<dict>") -> R:
         if not isinstance(data, Mapping):
             raise SpecfairError(
@@ -104,9 +110,9 @@ class Record(Mapping):
             raise SpecfairError(
                 f"{source}: {cls.kind} version must be an integer >= 0, got {version!r} (a hand-edited file?)"
             )
-        if version > VERSION:
+        if version > cls.latest:
             raise SpecfairError(
-                f"{source}: {cls.kind} version {version!r} is newer than this specfair reads ({VERSION}); "
+                f"{source}: {cls.kind} version {version!r} is newer than this specfair reads ({cls.latest}); "
                 "upgrade specfair"
             )
         names = set(cls._names())
@@ -132,7 +138,7 @@ class Record(Mapping):
         extra = {k: v for k, v in data.items() if k not in names}
         if "version" in names:
             known["version"] = version  # as read (0: written before records were versioned)
-        record = cls(**known)
+        record = cls(**cls.upgrade(known, version))
         if "extra" in names:
             record.extra = {**(data.get("extra") or {}), **extra}
         return record
@@ -215,6 +221,7 @@ class TrainSummary(Record):
     """`train_summary.json` beside an exported draft: the data and settings it was fine-tuned with."""
 
     kind: ClassVar[str] = "train_summary.json"
+    latest: ClassVar[int] = 2  # 2: each validation's per-category values nested under "per_category"
 
     pair: str
     dataset: str
@@ -222,7 +229,7 @@ class TrainSummary(Record):
     seed: int
     steps: int
     data: dict
-    version: int = VERSION
+    version: int = 2
     draft_layers: int | None = None
     start: str = "base"  # the draft training started from (base: the truncated target; generalist; ...)
     val_before: dict = field(default_factory=dict)
@@ -231,6 +238,36 @@ class TrainSummary(Record):
     best_checkpoint: str | None = None
     run_dir: str | None = None
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def upgrade(cls, fields: dict, version: int) -> dict:
+        if version >= 2:
+            return fields
+        out = {k: nest_validation(fields[k]) for k in ("val_before", "val_after") if k in fields}
+        if "history" in fields:
+            out["history"] = [nest_validation(entry) for entry in fields["history"]]
+        return {**fields, **out}
+
+
+def nest_validation(values: Mapping) -> dict:
+    """A validation entry with its flat `<metric>/<category>` keys (as logged) nested as
+    `per_category: {category: {metric: value}}`; a category may hold "/" itself (chat/greedy)."""
+    out: dict = {}
+    per: dict = {}
+    for key, value in values.items():
+        metric, sep, category = key.partition("/")
+        if sep:
+            per.setdefault(category, {})[metric] = value
+        else:
+            out[key] = value
+    if per:
+        out["per_category"] = {**(out.get("per_category") or {}), **per}
+    return out
+
+
+def category_value(entry: Mapping, category: str, metric: str = "expected_alpha"):
+    """One category's value in a validation entry (None where it was not measured)."""
+    return ((entry.get("per_category") or {}).get(category) or {}).get(metric)
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:
@@ -263,7 +300,7 @@ def _read_json(path: Path, kind: str):
 def save_json(record: Record, path: str | Path) -> None:
     data = record.to_dict()
     if "version" in {f.name for f in dataclasses.fields(record)}:
-        data["version"] = VERSION
+        data["version"] = record.latest
     write_atomic(Path(path), json.dumps(data, indent=2) + "\n")
 
 

@@ -19,12 +19,19 @@ from pathlib import Path
 import numpy as np
 
 from specfair.analysis import sentences, stats
+from specfair.decoding.spec import pairing_view
 from specfair.errors import SpecfairError
-from specfair.records import METRICS, RunSummary, SampleRecord, find_train_summary, load_samples, load_summary
+from specfair.records import (
+    METRICS,
+    RunSummary,
+    SampleRecord,
+    category_value,
+    find_train_summary,
+    load_samples,
+    load_summary,
+)
 
 PAIRING_FIELDS = ("prompt_set", "pair", "spec", "seed")
-# spec keys that change how fast a run goes but not one counter (replay's batch size, static caches): ignored
-SPEC_KEYS_NOT_PAIRED = ("batch_size", "compile")
 RESAMPLES = 2000  # bootstrap resamples per interval
 
 
@@ -94,8 +101,7 @@ def reference_label(summary: Mapping) -> str | None:
 def _pairing_value(summary: Mapping, field: str):
     value = summary.get(field)
     if field == "spec" and isinstance(value, Mapping):
-        # an unset option (None) equals one a run made before the option existed did not record
-        return {k: v for k, v in value.items() if k not in SPEC_KEYS_NOT_PAIRED and v is not None}
+        return pairing_view(value)  # an unset option (None) equals one an older run did not record
     return value
 
 
@@ -253,9 +259,10 @@ def q2(tuned_summary: Mapping, categories: list[str], gains: Mapping[str, float 
         "imbalance": train.data.get("imbalance"),
         # the training run's own per-category check (teacher-forced expected alpha on held-out texts)
         "validation_gain": {
-            c: train.val_after[f"expected_alpha/{c}"] - train.val_before[f"expected_alpha/{c}"]
+            c: category_value(train.val_after, c) - category_value(train.val_before, c)
             for c in categories
-            if f"expected_alpha/{c}" in train.val_after and f"expected_alpha/{c}" in train.val_before
+            if category_value(train.val_after, c) is not None
+            and category_value(train.val_before, c) is not None
         },
         "sampling": train.train.get("sampling"),
         "seed": train.seed,

@@ -14,6 +14,7 @@ import numpy as np
 
 from specfair.analysis.format import num
 from specfair.analysis.sentences import estimate
+from specfair.records import category_value
 
 DPI = 110
 
@@ -271,7 +272,7 @@ def training_curve(summary: Mapping, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
     for ax, metric in zip(axes, ("expected_alpha", "greedy_agreement"), strict=True):
         for c in summary["data"]["categories"]:
-            ax.plot(steps, [_nan(h.get(f"{metric}/{c}")) for h in history], marker=".", lw=1, label=c)
+            ax.plot(steps, [_nan(category_value(h, c, metric)) for h in history], marker=".", lw=1, label=c)
         ax.plot(steps, [_nan(h.get(metric)) for h in history], color="black", lw=2.2, label="overall")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(metric)

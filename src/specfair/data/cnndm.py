@@ -14,6 +14,9 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+from omegaconf import DictConfig
+
+from specfair import cache_root
 from specfair.errors import SpecfairError
 
 log = logging.getLogger(__name__)
@@ -81,3 +84,24 @@ def fold_small(categories: list[str], min_rows: int) -> list[str]:
     if small:
         log.info("folding CNN/DM groups with fewer than %d rows into 'other': %s", min_rows, sorted(small))
     return ["other" if c in small else c for c in categories]
+
+
+def url_categories(records: list[dict], cfg: DictConfig, source: str) -> list[str | None]:
+    """CNN/DM: section group (or cnn/dailymail with group_by=source) from each row's URL or id."""
+    index = None
+    out = []
+    for record in records:
+        url = record.get("url")
+        if not url and record.get("id"):
+            if index is None:
+                lists = (cfg.get("url_lists") or {}).get(source) or []
+                index = url_index(lists, cache_root() / "cnndm_url_lists")
+            url = index.get(record["id"])
+        if not url:
+            out.append(None)
+        elif cfg.get("group_by", "section") == "source":
+            out.append(source_of(url))
+        else:
+            groups = {k: list(v) for k, v in (cfg.get("section_groups") or {}).items()}
+            out.append(group_of(section_of(url), groups))
+    return out

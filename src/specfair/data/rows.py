@@ -17,6 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from specfair.data import cnndm
 from specfair.errors import SpecfairError
 
 log = logging.getLogger(__name__)
@@ -282,7 +283,7 @@ def to_rows(records: list[dict], cfg: DictConfig, origin: str, source: str = "lo
     for name, option in named:
         if name not in records[0]:
             raise SpecfairError(f"{origin}: no field {name!r}; rows have fields {fields} (dataset.{option})")
-    categories = url_categories(records, cfg, source) if cfg.get("category_from") == "url" else None
+    categories = cnndm.url_categories(records, cfg, source) if cfg.get("category_from") == "url" else None
     rows, empty, unknown = [], 0, 0
     first_kind: tuple[type, object, int] | None = (
         None  # the file's category type, and where it was first seen
@@ -358,30 +359,6 @@ def to_rows(records: list[dict], cfg: DictConfig, origin: str, source: str = "lo
     if not rows:
         raise SpecfairError(f"{origin}: every text is empty")
     return rows
-
-
-def url_categories(records: list[dict], cfg: DictConfig, source: str) -> list[str | None]:
-    """CNN/DM: section group (or cnn/dailymail with group_by=source) from each row's URL or id."""
-    from specfair.data import cnndm
-    from specfair.models import cache_root
-
-    index = None
-    out = []
-    for record in records:
-        url = record.get("url")
-        if not url and record.get("id"):
-            if index is None:
-                lists = (cfg.get("url_lists") or {}).get(source) or []
-                index = cnndm.url_index(lists, cache_root() / "cnndm_url_lists")
-            url = index.get(record["id"])
-        if not url:
-            out.append(None)
-        elif cfg.get("group_by", "section") == "source":
-            out.append(cnndm.source_of(url))
-        else:
-            groups = {k: list(v) for k, v in (cfg.get("section_groups") or {}).items()}
-            out.append(cnndm.group_of(cnndm.section_of(url), groups))
-    return out
 
 
 def categories_of(rows: list[Row], cfg: DictConfig) -> list[str]:

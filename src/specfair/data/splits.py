@@ -18,6 +18,7 @@ from collections import Counter
 
 from omegaconf import DictConfig
 
+from specfair.data.cnndm import fold_small
 from specfair.data.rows import Row, Splits, categories_of, load_pools, origin_of, to_rows
 from specfair.errors import SpecfairError
 
@@ -277,8 +278,6 @@ def _one_pool(pool: list[Row], categories: list[str], cfg: DictConfig) -> tuple[
 
 
 def _fold_small_groups(eval_pool, train_pool, min_rows):
-    from specfair.data.cnndm import fold_small
-
     every = eval_pool + (train_pool or [])
     folded = dict(zip([r.id for r in every], fold_small([r.category for r in every], min_rows), strict=True))
 

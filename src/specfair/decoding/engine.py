@@ -19,7 +19,7 @@ from specfair.decoding.calls import forward, forward_hidden, new_caches, now, ro
 from specfair.decoding.drafters import Drafter, as_drafter
 from specfair.decoding.kv import cache_kwarg, new_cache
 from specfair.decoding.sampling import Sampling, eos_set, logits_to_probs, pick, sample
-from specfair.errors import SpecfairError
+from specfair.decoding.spec import check_generation_args
 from specfair.vocab import head_rows
 
 __all__ = [  # the names other modules import from here
@@ -66,23 +66,6 @@ class DecodeStats:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "target_calls": self.target_calls, "wall_s": self.wall_s}
-
-
-def check_generation_args(
-    *, gamma=1, max_new_tokens=1, temperature=0.0, top_k=None, top_p=None, confidence_threshold=None
-) -> None:
-    if gamma < 1:
-        raise SpecfairError(f"spec.gamma={gamma}: must be >= 1 (tokens drafted per block)")
-    if max_new_tokens < 1:
-        raise SpecfairError(f"spec.max_new_tokens={max_new_tokens}: must be >= 1")
-    if temperature < 0:
-        raise SpecfairError(f"spec.temperature={temperature}: must be >= 0 (0 means greedy)")
-    if top_k is not None and top_k < 1:
-        raise SpecfairError(f"spec.top_k={top_k}: must be >= 1 or null")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise SpecfairError(f"spec.top_p={top_p}: must be in (0, 1] or null")
-    if confidence_threshold is not None and not 0 <= confidence_threshold < 1:
-        raise SpecfairError(f"spec.confidence_threshold={confidence_threshold}: must be in [0, 1) or null")
 
 
 # --- the algorithm -----------------------------------------------------------------------------------
@@ -187,9 +170,8 @@ def speculative_generate(
         token, _ = pick(logits[-1, :vocab], sampling)
         tokens.append(token)
         done = token in eos or max_new_tokens == 1
-        if (
-            not done
-        ):  # the drafter's prefill is billed here, so draft_s (the cost ratio c) holds decode steps only
+        # the drafter's prefill is billed here, so draft_s (the cost ratio c) holds decode steps only
+        if not done:
             drafter.prefill(tokens, hidden)
         t1 = now(device)
         stats.prefill_s = t1 - t0

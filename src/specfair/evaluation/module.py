@@ -25,6 +25,7 @@ from specfair.decoding.continuations import ContinuationCache, continuations, pr
 from specfair.decoding.drafters import build_drafter
 from specfair.decoding.engine import DecodeStats, autoregressive_generate, eos_set, now, speculative_generate
 from specfair.decoding.replay import REPLAYED_COUNTERS, expected_acceptance, replay_greedy
+from specfair.decoding.spec import DecodingSpec
 from specfair.evaluation.acceptance import CategoryAcceptance
 from specfair.evaluation.resume import STATE, partial_files, read_partials
 from specfair.models import Pair
@@ -43,7 +44,7 @@ class EvalModule(pl.LightningModule):
 
     batch_size = 1
 
-    def __init__(self, pair: Pair, prompts: list[Prompt], categories: list[str], spec: dict, seed: int,
+    def __init__(self, pair: Pair, prompts: list[Prompt], categories: list[str], spec: DecodingSpec, seed: int,
                  out_dir: str | Path, meta: dict):  # fmt: skip
         super().__init__()
         self.target, self.draft = pair.target, pair.draft  # registered, so Lightning moves the draft too
@@ -52,11 +53,11 @@ class EvalModule(pl.LightningModule):
         self.eos = eos_set(pair.tokenizer.eos_token_id)
         self.eos_token_id = pair.tokenizer.eos_token_id
         self.prompts = prompts
-        self.spec = dict(spec)
+        self.spec = spec
         self.seed = seed
         self.out_dir = Path(out_dir)
         self.meta = meta
-        self.metric = CategoryAcceptance(categories, self.spec["gamma"])
+        self.metric = CategoryAcceptance(categories, spec.gamma)
         self.records: list[SampleRecord] = []
 
     def setup(self, stage: str) -> None:
@@ -140,15 +141,14 @@ class DecodeModule(EvalModule):
         self.gamma_policy: GammaPolicy | None = None  # spec.gamma=auto: built from costs timed after warm-up
 
     def _generate(self, ids: torch.Tensor, index: int, speculative: bool, max_new_tokens: int):
-        sampling = {k: self.spec.get(k) for k in ("temperature", "top_k", "top_p")}
         kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=self.eos_token_id, vocab=self.vocab,
-                      generator=prompt_generator(self.seed, index, self.device),
-                      compiled=bool(self.spec.get("compile")), **sampling)  # fmt: skip
+                      generator=prompt_generator(self.seed, index, self.device), compiled=self.spec.compile,
+                      **self.spec.sampling)  # fmt: skip
         start = now(self.device)
         if speculative:
             out, stats = speculative_generate(
-                self.target, self.drafter, ids, gamma=self.spec["gamma"],
-                confidence_threshold=self.spec.get("confidence_threshold"), gamma_policy=self.gamma_policy,
+                self.target, self.drafter, ids, gamma=self.spec.gamma,
+                confidence_threshold=self.spec.confidence_threshold, gamma_policy=self.gamma_policy,
                 **kwargs,
             )  # fmt: skip
             if self.gamma_policy is not None:
@@ -160,19 +160,19 @@ class DecodeModule(EvalModule):
 
     def on_predict_start(self):
         super().on_predict_start()
-        if self.baseline and self.spec["temperature"] == 0 and not self.lossless_checked():
+        if self.baseline and self.spec.greedy and not self.lossless_checked():
             log.warning("pair.dtype=%s: the lossless check needs float32 and is skipped (lossless_mismatches "
                         "null)", str(self.target.dtype).removeprefix("torch."))  # fmt: skip
         warm = torch.tensor([self.prompts[0].input_ids], device=self.device)
-        warm_tokens = min(2 * self.spec["gamma"] + 2, self.spec["max_new_tokens"])  # full-γ verify shapes too
+        warm_tokens = min(2 * self.spec.gamma + 2, self.spec.max_new_tokens)  # full-γ verify shapes too
         for speculative in (False, True):  # one-time allocations are not billed to the first prompt
             self._generate(warm, 0, speculative, warm_tokens)
-        if self.spec.get("gamma_auto"):
+        if self.spec.auto:
             self.gamma_policy = measure_costs(
-                self.target, self.drafter, self.prompts[0].input_ids, self.spec["gamma"]
+                self.target, self.drafter, self.prompts[0].input_ids, self.spec.gamma
             )
             log.info("spec.gamma=auto: c = %.3f, v(k) = %s for k = 1..%d", self.gamma_policy.c,
-                     " ".join(f"{v:.2f}" for v in self.gamma_policy.verify), self.spec["gamma"] + 1)  # fmt: skip
+                     " ".join(f"{v:.2f}" for v in self.gamma_policy.verify), self.spec.gamma + 1)  # fmt: skip
 
     def predict_step(self, batch: list[int], batch_idx: int):
         (index,) = batch
@@ -182,7 +182,10 @@ class DecodeModule(EvalModule):
         order = (False, True) if batch_idx % 2 == 0 else (True, False)
         if not self.baseline:  # acceptance only: no target-alone run, so no speedup and no lossless check
             order = (True,)
-        runs = {spec: self._generate(ids, index, spec, self.spec["max_new_tokens"]) for spec in order}
+        runs = {
+            speculative: self._generate(ids, index, speculative, self.spec.max_new_tokens)
+            for speculative in order
+        }
         output, stats, wall_s = runs[True]
         baseline, baseline_stats, baseline_wall_s = runs.get(False, (None, None, None))
         counters = {k: v for k, v in stats.as_dict().items() if k not in ("draft_steps", "wall_s")}
@@ -199,7 +202,7 @@ class DecodeModule(EvalModule):
     def lossless_checked(self) -> bool:
         """Greedy, with the baseline, in float32: reduced precision breaks near-ties differently in a verify
         pass than in a single step, so a mismatch there would not mean the engine is lossy."""
-        return self.spec["temperature"] == 0 and self.baseline and self.target.dtype == torch.float32
+        return self.spec.greedy and self.baseline and self.target.dtype == torch.float32
 
     def summary_fields(self, records):
         checked = self.lossless_checked()
@@ -217,25 +220,24 @@ class ReplayModule(EvalModule):
     def __init__(self, *args, cache: ContinuationCache | None, reference: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.cache = cache
-        self.batch_size = int(self.spec["batch_size"])
+        self.batch_size = self.spec.batch_size
         self.reference = reference  # prompt id -> SampleRecord of a decode run, for replay_mismatches
         self.generated = 0
 
     def predict_step(self, batch: list[int], batch_idx: int):
         prompts = [self.prompts[i].input_ids for i in batch]
-        t = self.spec["temperature"]
-        sampling = dict(temperature=t, top_k=self.spec.get("top_k"), top_p=self.spec.get("top_p"))
+        spec = self.spec
         conts, made = continuations(
             self.target, prompts, batch, self.cache, batch_size=self.batch_size, seed=self.seed,
-            max_new_tokens=self.spec["max_new_tokens"], vocab=self.vocab, eos=self.eos, **sampling,
+            max_new_tokens=spec.max_new_tokens, vocab=self.vocab, eos=self.eos, **spec.sampling,
         )  # fmt: skip
         self.generated += made
         ys = [c.tokens for c in conts]
-        if t == 0:
-            results = replay_greedy(self.drafter, prompts, ys, gamma=self.spec["gamma"], vocab=self.vocab,
-                                    max_new_tokens=self.spec["max_new_tokens"], eos=self.eos)  # fmt: skip
+        if spec.greedy:
+            results = replay_greedy(self.drafter, prompts, ys, gamma=spec.gamma, vocab=self.vocab,
+                                    max_new_tokens=spec.max_new_tokens, eos=self.eos)  # fmt: skip
         else:
-            expected = expected_acceptance(self.draft, prompts, conts, vocab=self.vocab, **sampling)
+            expected = expected_acceptance(self.draft, prompts, conts, vocab=self.vocab, **spec.sampling)
             empty = dict(
                 proposed=0, accepted=0, blocks=0, rejections=0, accept_lengths=[], proposed_lengths=[]
             )

@@ -26,7 +26,8 @@ from specfair.data.rows import Prompt, Splits
 from specfair.data.splits import build_splits, held_out_settings
 from specfair.decoding.continuations import ContinuationCache, weights_fingerprint
 from specfair.decoding.drafters import build_drafter
-from specfair.decoding.engine import check_generation_args, eos_set
+from specfair.decoding.engine import eos_set
+from specfair.decoding.spec import DecodingSpec
 from specfair.errors import SpecfairError
 from specfair.evaluation import resume
 from specfair.evaluation.module import DecodeModule, ReplayModule
@@ -86,46 +87,30 @@ def draft_training(draft_cfg: DictConfig) -> dict | None:
     }
 
 
-DECODE_ONLY = ("compile", "confidence_threshold", "gamma_auto")  # spec keys replay does not use
-
-
-def resolve_gamma(spec: dict) -> dict:
-    """spec.gamma=auto runs with gamma = gamma_max as the cap (metric positions, prompt room) and gamma_auto."""
-    auto = spec.get("gamma") == "auto"
-    gamma_max = spec.pop("gamma_max", None)
-    if auto and (not isinstance(gamma_max, int) or gamma_max < 1):
-        raise SpecfairError(f"spec.gamma=auto needs spec.gamma_max >= 1, got {gamma_max!r}")
-    return {**spec, "gamma": gamma_max, "gamma_auto": True} if auto else spec  # fixed γ: settings as before
-
-
-def check_mode(cfg: DictConfig, spec: dict) -> str:
+def check_mode(cfg: DictConfig, spec: DecodingSpec) -> str:
     """`mode` and the options it cannot honour, each refused in one line."""
     mode = str(cfg.get("mode", "decode"))
     if mode not in MODES:
         raise SpecfairError(f"mode={mode}: expected one of {', '.join(MODES)}")
-    if mode == "replay" and spec.get("gamma_auto"):
+    if mode == "replay" and spec.auto:
         raise SpecfairError(
             "spec.gamma=auto: replay has no wall-clock costs to choose γ from; use mode=decode"
         )
-    if mode == "replay" and spec.get("confidence_threshold") is not None:
+    if mode == "replay" and spec.confidence_threshold is not None:
         raise SpecfairError(
             "spec.confidence_threshold: replay does not model early-ended blocks; use mode=decode for it"
         )
-    if mode == "replay" and int(spec.get("batch_size") or 0) < 1:
-        raise SpecfairError(
-            f"spec.batch_size={spec.get('batch_size')}: must be >= 1 (prompts per replay batch)"
-        )
-    if mode == "replay" and spec["temperature"] > 0 and cfg.draft.get("name") in NO_DRAFT_MODEL:
+    if mode == "replay" and not spec.greedy and cfg.draft.get("name") in NO_DRAFT_MODEL:
         raise SpecfairError(
             f"draft={cfg.draft.name}: sampled replay needs a draft model's teacher-forced distribution along the "
             "target's samples, which this drafter does not have; use mode=decode or spec.temperature=0"
         )
-    if spec.get("compile") and cfg.draft.get("name") in TARGET_FED_DRAFTS:
+    if spec.compile and cfg.draft.get("name") in TARGET_FED_DRAFTS:
         raise SpecfairError(
             f"spec.compile=true: draft={cfg.draft.name} reads the target's hidden states, which the static "
             "CUDA-graph caches do not return; use spec.compile=false"
         )
-    if cfg.get("compare_to") and (mode != "replay" or spec["temperature"] > 0):
+    if cfg.get("compare_to") and (mode != "replay" or not spec.greedy):
         raise SpecfairError(
             f"compare_to={cfg.compare_to}: only a greedy replay (mode=replay spec.temperature=0) has counters "
             "to compare with a decode run"
@@ -133,13 +118,12 @@ def check_mode(cfg: DictConfig, spec: dict) -> str:
     return mode
 
 
-def prompt_room(spec: dict, context: int) -> int:
+def prompt_room(spec: DecodingSpec, context: int) -> int:
     """The most tokens a prompt may keep: the context less the new tokens, a block's γ and the bonus token."""
-    room = context - spec["max_new_tokens"] - spec["gamma"] - 1
+    room = context - spec.max_new_tokens - spec.gamma - 1
     if room < 1:  # config_check refuses this from the config too; here for a run from Python
-        gamma_key = "spec.gamma_max" if spec.get("gamma_auto") else "spec.gamma"
         raise SpecfairError(
-            f"spec.max_new_tokens={spec['max_new_tokens']} + {gamma_key}={spec['gamma']} leaves no room for a "
+            f"spec.max_new_tokens={spec.max_new_tokens} + {spec.gamma_option}={spec.gamma} leaves no room for a "
             f"prompt in the target's {context}-token context; lower them"
         )
     return room
@@ -166,7 +150,7 @@ def load_prompts(cfg: DictConfig, tokenizer, max_prompt: int) -> tuple[Splits, l
 class Prepared:
     """What `check_before_loading` found: the settings, the data and the first-turn prompts."""
 
-    spec: dict
+    spec: DecodingSpec
     mode: str
     tokenizer: object
     max_prompt: int
@@ -178,10 +162,7 @@ def check_before_loading(cfg: DictConfig) -> Prepared:
     """Every check that needs no model weights, in the order a run meets them: the decoding settings and mode,
     a model-free drafter's settings, the target (its config.json: context length and layers), the tokenizer,
     the data files, splits and prompts. A bad input is refused here in seconds, before either model loads."""
-    spec = resolve_gamma(OmegaConf.to_container(cfg.spec, resolve=True))
-    check_generation_args(
-        **{k: v for k, v in spec.items() if k not in ("batch_size", "compile", "gamma_auto")}
-    )
+    spec = DecodingSpec.from_config(OmegaConf.to_container(cfg.spec, resolve=True))
     mode = check_mode(cfg, spec)
     if cfg.draft.get("name") in MODEL_FREE_DRAFTS:
         build_drafter(None, cfg.draft)  # its settings are checked before any model loads
@@ -218,7 +199,7 @@ def second_turns(cfg: DictConfig, pair: Pair, prepared: Prepared) -> list[Prompt
     if int(cfg.dataset.get("turns") or 1) != 2:
         return prepared.prompts
     spec = prepared.spec
-    answer = spec_bench.greedy_answer(pair.target, pair.tokenizer, pair.vocab_size, spec["max_new_tokens"])
+    answer = spec_bench.greedy_answer(pair.target, pair.tokenizer, pair.vocab_size, spec.max_new_tokens)
     return spec_bench.with_turns(prepared.prompts, cfg.dataset, pair.tokenizer, answer, prepared.max_prompt)
 
 
@@ -286,9 +267,7 @@ def run_meta(cfg, mode, splits, prompts, pair, spec, world_size) -> dict:
         "pair": {"name": cfg.pair.name, "target": cfg.pair.target, "draft": cfg.pair.get("draft")},
         "draft": OmegaConf.to_container(cfg.draft, resolve=True),
         "draft_training": draft_training(cfg.draft),
-        "spec": spec
-        if mode == "decode"
-        else {k: v for k, v in spec.items() if k != "compile"},  # replay: unused
+        "spec": spec.record(mode),
         "seed": int(cfg.seed),
         "baseline": bool(cfg.get("baseline", True)) and mode == "decode",
         "prompt_set": prompt_set_hash(prompts),
@@ -300,7 +279,7 @@ def run_meta(cfg, mode, splits, prompts, pair, spec, world_size) -> dict:
     }
 
 
-def continuation_cache(cfg: DictConfig, pair: Pair, spec: dict) -> ContinuationCache | None:
+def continuation_cache(cfg: DictConfig, pair: Pair, spec: DecodingSpec) -> ContinuationCache | None:
     """The target-continuation cache for these weights and settings (None with paths.cache_dir=null)."""
     root = cfg.paths.get("cache_dir")
     if not root:
@@ -313,8 +292,9 @@ def continuation_cache(cfg: DictConfig, pair: Pair, spec: dict) -> ContinuationC
         "dtype": str(pair.target.dtype),
         "vocab": pair.vocab_size,
         "eos": sorted(eos_set(pair.tokenizer.eos_token_id)),
-        **{k: spec.get(k) for k in ("max_new_tokens", "temperature", "top_k", "top_p")},
-        "seed": int(cfg.seed) if spec["temperature"] > 0 else None,
+        "max_new_tokens": spec.max_new_tokens,
+        **spec.sampling,
+        "seed": None if spec.greedy else int(cfg.seed),
     }  # fmt: skip
     return ContinuationCache(root, settings)
 

@@ -16,6 +16,7 @@ import torch
 
 from specfair.decoding.continuations import left_pad
 from specfair.errors import SpecfairError
+from specfair.records import nest_validation
 from specfair.training.losses import DistillationLoss, next_token_views, outside_kept
 from specfair.training.validation import ExpectedAlpha
 
@@ -259,7 +260,10 @@ class DraftModule(pl.LightningModule):
         self.log("val/expected_alpha", values["expected_alpha"], prog_bar=True)
         self.log_dict({f"val/{k}": v for k, v in values.items() if k != "expected_alpha"})
         if not self.trainer.sanity_checking:
-            self.history.append({"step": self.trainer.global_step, **values, "train_s": self.train_seconds})
+            entry = nest_validation(
+                {"step": self.trainer.global_step, **values, "train_s": self.train_seconds}
+            )
+            self.history.append(entry)
 
     def on_train_batch_start(self, batch, batch_idx):
         self._batch_started = time.perf_counter()
@@ -278,4 +282,4 @@ class DraftModule(pl.LightningModule):
         checkpoint["specfair_history"] = self.history
 
     def on_load_checkpoint(self, checkpoint):
-        self.history = checkpoint.get("specfair_history", [])
+        self.history = [nest_validation(h) for h in checkpoint.get("specfair_history", [])]  # older: flat

@@ -24,7 +24,14 @@ from specfair.data.splits import held_out_settings
 from specfair.decoding.engine import eos_set
 from specfair.errors import SpecfairError
 from specfair.models import load_pair
-from specfair.records import TrainSummary, load_train_summary, save_json, settings_conflict, write_atomic
+from specfair.records import (
+    TrainSummary,
+    category_value,
+    load_train_summary,
+    save_json,
+    settings_conflict,
+    write_atomic,
+)
 from specfair.tracking import lightning_logger
 from specfair.training.datamodule import DraftDataModule, TrainTexts
 from specfair.training.eagle import eagle_head, stored_layers
@@ -390,8 +397,10 @@ def summary_table(summary: TrainSummary):
     for column in ("category", "before", "after", "gain", "greedy agreement after"):
         table.add_column(column, justify="left" if column == "category" else "right")
     for c in summary["data"]["categories"]:
-        b, a = before[f"expected_alpha/{c}"], after[f"expected_alpha/{c}"]
-        table.add_row(c, f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}", f"{after[f'greedy_agreement/{c}']:.3f}")
+        b, a = category_value(before, c), category_value(after, c)
+        table.add_row(
+            c, f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}", f"{category_value(after, c, 'greedy_agreement'):.3f}"
+        )
     table.add_section()
     b, a = before["expected_alpha"], after["expected_alpha"]
     table.add_row(
