@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from test_analysis_report import finetuned, write_run
 from conftest import run_in_process
+from test_analysis_report import finetuned, write_run
 
 from specfair import ROOT, app
 from specfair.report import build_report, find_runs
