@@ -135,3 +135,12 @@ def test_evaluation_refuses_a_draft_trained_on_its_prompts(tmp_path):
         check_not_trained_on(str(tmp_path / "draft"), rows[1:2])
     check_not_trained_on(str(tmp_path / "draft"), rows[2:])  # disjoint: fine
     check_not_trained_on(None, rows)  # the truncated base has no training rows
+
+
+def test_an_evaluation_only_sample_is_not_cut_by_held_out(compose_cfg):
+    """Debian's sample marks every row "eval": there is nothing to train on, so per_category may exceed
+    held_out (the generalist experiment evaluates 64 per category there; held_out is 50)."""
+    cfg = compose_cfg("dataset=debian", "dataset.per_category=64").dataset
+    splits = build_splits(cfg, seed=0)
+    assert Counter(r.category for r in splits.eval) == dict.fromkeys(splits.categories, 64)
+    assert splits.train == []

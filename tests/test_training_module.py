@@ -111,10 +111,10 @@ def test_every_objective_trains_and_leaves_the_target_untouched(tmp_path, tiny_r
     if overrides.get("freeze_embeddings"):
         assert not changed & {"model.embed_tokens.weight", "lm_head.weight"}
     assert all(
-        k.startswith(("draft.", "val_metric.", "group_weights")) for k in module.state_dict()
+        k.startswith(("draft.", "val_metric.", "group_dro.")) for k in module.state_dict()
     )  # no target
     if overrides.get("sampling") == "group_dro":
-        assert not torch.allclose(module.group_weights, torch.full((3,), 1 / 3))  # the weights moved
+        assert not torch.allclose(module.group_dro.weights, torch.full((3,), 1 / 3))  # the weights moved
 
 
 def test_one_step_lowers_the_loss(tiny_run):
@@ -148,9 +148,9 @@ def test_group_dro_weights_the_worst_category_and_moves_toward_it(tiny_run):
     module.log = lambda *a, **k: None  # outside a Trainer
     loss, _ = module.objective(batch["category"], batch["input_ids"], batch["attention_mask"], t, d, 32)
     q = torch.softmax(torch.log(torch.full((3,), 1 / 3)) + torch.tensor([rows[0], rows[1], 0.0]), 0)
-    assert torch.allclose(module.group_weights, q) and torch.isclose(loss, (q[:2] * rows).sum())
+    assert torch.allclose(module.group_dro.weights, q) and torch.isclose(loss, (q[:2] * rows).sum())
     worst = int(rows.argmax())
-    assert module.group_weights[worst] == module.group_weights.max()
+    assert module.group_dro.weights[worst] == module.group_dro.weights.max()
 
 
 def test_warmup_cosine_schedule():
@@ -186,9 +186,8 @@ def test_resuming_reproduces_the_uninterrupted_run(tmp_path, tiny_run, accumulat
     assert ckpt.is_file()
     resumed, data = tiny_run(sampling=sampling)
     trainer(tmp_path / "c", 6, **kw).fit(resumed, datamodule=data, ckpt_path=ckpt)
-    assert torch.equal(
-        resumed.group_weights, straight.group_weights
-    )  # group DRO's weights are in the checkpoint
+    if sampling == "group_dro":  # its weights are in the checkpoint
+        assert torch.equal(resumed.group_dro.weights, straight.group_dro.weights)
     assert data.sampler.start == 4 * accumulate * 2  # the stream restarted at the first unseen example
     for k, v in straight.draft.state_dict().items():
         assert torch.equal(v, resumed.draft.state_dict()[k]), k

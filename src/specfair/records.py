@@ -146,7 +146,7 @@ class Record(Mapping):
 
 @dataclass
 class SampleRecord(Record):
-    """One prompt's evaluation. Counters follow the glossary (DESIGN.md); times in seconds, None if not timed.
+    """One prompt's evaluation. Counters follow the README's glossary; times in seconds, None if not timed.
 
     In `mode=replay` the counters are computed from the target's cached greedy continuation and the draft's
     teacher-forced argmax (exactly what decoding would count); the timing fields are None, never 0.

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,48 +153,70 @@ def load_pools(cfg: DictConfig) -> tuple[list[dict], list[dict] | None, str]:
     if source not in ("auto", "hub", "local", "bundled"):
         raise SpecfairError(f"dataset.source={source!r}: expected auto, hub, local or bundled")
     if source == "local":
-        if not cfg.get("path"):
-            raise SpecfairError("dataset.source=local needs dataset.path=FILE (.jsonl, .csv or .parquet)")
-        records = read_table(cfg.path)
-        if cfg.get("train_path"):  # separate files: path holds the eval prompts, train_path the training rows
-            if cfg.get("split_field"):
-                raise SpecfairError(
-                    "dataset.train_path and dataset.split_field are both set: use two files or one split field"
-                )
-            return records, read_table(cfg.train_path), "local"
-        split_field = cfg.get("split_field")
-        if not split_field:
-            return records, None, "local"
-        if records and not any(split_field in r for r in records):
-            raise SpecfairError(
-                f"dataset.split_field={split_field!r}: no row of {cfg.path} has that field "
-                f"(rows have fields {sorted(records[0])})"
-            )
-        by_split = {}
-        for role in ("eval", "train"):
-            wanted = str(cfg.get(f"{role}_split_value", role))
-            by_split[role] = _subset(records, lambda r, wanted=wanted: str(r.get(split_field)) == wanted)
-        if records and not by_split["eval"]:
-            found = sorted({str(r.get(split_field)) for r in records})[:8]
-            raise SpecfairError(
-                f"dataset.eval_split_value={cfg.get('eval_split_value', 'eval')!r}: no row of {cfg.path} has "
-                f"{split_field}={cfg.get('eval_split_value', 'eval')!r} (values found: {', '.join(found)})"
-            )
-        return by_split["eval"], by_split["train"], "local"
+        return _local_pools(cfg)
     if source == "hub" or (
         source == "auto" and cfg.get("hub") and (hub_reachable() or os.environ.get("HF_HUB_OFFLINE"))
     ):
-        try:
-            same = cfg.hub.get("train_split") in (None, cfg.hub.eval_split)  # one pool: hold prompts out
-            return read_hub(cfg, "eval"), None if same else read_hub(cfg, "train"), "hub"
-        except Exception as err:
-            if source == "hub":
-                raise SpecfairError(
-                    f"dataset {cfg.name}: cannot load {cfg.hub.id} from the hub ({err})"
-                ) from None
-            log.info(
-                "hub dataset %s unavailable (%s); using the bundled sample", cfg.hub.id, type(err).__name__
+        pools = _hub_pools(cfg, source)
+        if pools is not None:
+            return pools
+    return _bundled_pools(cfg)
+
+
+def _local_pools(cfg: DictConfig) -> tuple[list[dict], list[dict] | None, str]:
+    """A user's file: one pool, two files (path and train_path), or one file split by a field."""
+    if not cfg.get("path"):
+        raise SpecfairError("dataset.source=local needs dataset.path=FILE (.jsonl, .csv or .parquet)")
+    records = read_table(cfg.path)
+    if cfg.get("train_path"):  # separate files: path holds the eval prompts, train_path the training rows
+        if cfg.get("split_field"):
+            raise SpecfairError(
+                "dataset.train_path and dataset.split_field are both set: use two files or one split field"
             )
+        return records, read_table(cfg.train_path), "local"
+    split_field = cfg.get("split_field")
+    if not split_field:
+        return records, None, "local"
+    eval_records, train_records = _split_by_field(records, cfg, split_field)
+    return eval_records, train_records, "local"
+
+
+def _split_by_field(records: list[dict], cfg: DictConfig, split_field: str) -> tuple[list[dict], list[dict]]:
+    """Eval and train rows of one file by `split_field`; a field or eval value no row has is an error."""
+    if records and not any(split_field in r for r in records):
+        raise SpecfairError(
+            f"dataset.split_field={split_field!r}: no row of {cfg.path} has that field "
+            f"(rows have fields {sorted(records[0])})"
+        )
+    by_split = {}
+    for role in ("eval", "train"):
+        wanted = str(cfg.get(f"{role}_split_value", role))
+        by_split[role] = _subset(records, lambda r, wanted=wanted: str(r.get(split_field)) == wanted)
+    if records and not by_split["eval"]:
+        found = sorted({str(r.get(split_field)) for r in records})[:8]
+        raise SpecfairError(
+            f"dataset.eval_split_value={cfg.get('eval_split_value', 'eval')!r}: no row of {cfg.path} has "
+            f"{split_field}={cfg.get('eval_split_value', 'eval')!r} (values found: {', '.join(found)})"
+        )
+    return by_split["eval"], by_split["train"]
+
+
+def _hub_pools(cfg: DictConfig, source: str) -> tuple[list[dict], list[dict] | None, str] | None:
+    """The hub's splits; None (fall back to the bundled sample) when auto cannot load them."""
+    try:
+        same = cfg.hub.get("train_split") in (None, cfg.hub.eval_split)  # one pool: hold prompts out
+        return read_hub(cfg, "eval"), None if same else read_hub(cfg, "train"), "hub"
+    except Exception as err:
+        if source == "hub":
+            raise SpecfairError(
+                f"dataset {cfg.name}: cannot load {cfg.hub.id} from the hub ({err})"
+            ) from None
+        log.info("hub dataset %s unavailable (%s); using the bundled sample", cfg.hub.id, type(err).__name__)
+        return None
+
+
+def _bundled_pools(cfg: DictConfig) -> tuple[list[dict], list[dict], str]:
+    """The sample shipped with the dataset config, whose rows each carry their split."""
     if not cfg.get("bundled"):
         raise SpecfairError(
             f"dataset {cfg.name} ships no bundled sample (dataset.bundled=null) and the hub is unreachable: "
@@ -265,12 +288,59 @@ def to_rows(records: list[dict], cfg: DictConfig, origin: str, source: str = "lo
     label_names = list(cfg.get("label_names") or [])
     if not records:
         raise SpecfairError(f"{origin}: no rows")
+    where = _locator(records, origin)
+    fields = sorted(records[0])
+    _check_fields(records[0], cfg, origin, fields, text_fields, category_field, target_field)
+    categories = cnndm.url_categories(records, cfg, source) if cfg.get("category_from") == "url" else None
+    category_of = _category_reader(category_field, label_names, origin, fields, where)
+    rows, empty, unknown = [], 0, 0
+    filed: dict[str, tuple[str, int]] = {}  # text id -> (category, row number) where first seen
+    twice: dict[str, tuple[int, str, int, str]] = {}  # text id -> (first row, its category, row, category)
+    for number, record in enumerate(records, 1):
+        if categories is not None:
+            category = categories[number - 1]
+            if category is None:
+                unknown += 1
+                continue
+        else:
+            category = category_of(record, number)
+        text = _row_text(record, cfg, text_fields, target_field, where(number))
+        if not text.strip():
+            empty += 1
+            continue
+        row = Row(text, str(category), _field_text(record.get(target_field)) if target_field else "")
+        seen = filed.setdefault(row.id, (row.category, number))
+        if seen[0] != row.category:
+            twice.setdefault(row.id, (seen[1], seen[0], number, row.category))
+        rows.append(row)
+    _log_dropped(origin, empty, unknown, twice, where)
+    if not rows and unknown:
+        raise SpecfairError(f"{origin}: no row's URL is in dataset.url_lists, so no row has a category")
+    if not rows:
+        raise SpecfairError(f"{origin}: every text is empty")
+    return rows
+
+
+def _locator(records: list[dict], origin: str) -> Callable[[int], str]:
+    """Names a row in errors: by its file line where the reader kept lines, else by its row number."""
     lines = getattr(records, "lines", None)
 
     def where(number: int) -> str:
         return f"{origin}:{lines[number - 1]}" if lines else f"{origin}: row {number}"
 
-    fields = sorted(records[0])
+    return where
+
+
+def _check_fields(
+    first: dict,
+    cfg: DictConfig,
+    origin: str,
+    fields: list[str],
+    text_fields: list[str],
+    category_field: str | None,
+    target_field: str | None,
+) -> None:
+    """The configured fields exist in the first row, so a misnamed option fails once, not on every row."""
     if not category_field and cfg.get("category_from") != "url":
         raise SpecfairError(
             f"dataset.category_field={'null' if category_field is None else repr(category_field)}: name the "
@@ -281,66 +351,95 @@ def to_rows(records: list[dict], cfg: DictConfig, origin: str, source: str = "lo
         (f, option) for f, option in ((category_field, "category_field"), (target_field, "target_field")) if f
     ]
     for name, option in named:
-        if name not in records[0]:
+        if name not in first:
             raise SpecfairError(f"{origin}: no field {name!r}; rows have fields {fields} (dataset.{option})")
-    categories = cnndm.url_categories(records, cfg, source) if cfg.get("category_from") == "url" else None
-    rows, empty, unknown = [], 0, 0
-    first_kind: tuple[type, object, int] | None = (
-        None  # the file's category type, and where it was first seen
-    )
-    filed: dict[str, tuple[str, int]] = {}  # text id -> (category, row number) where first seen
-    twice: dict[str, tuple[int, str, int, str]] = {}  # text id -> (first row, its category, row, category)
-    for number, record in enumerate(records, 1):
-        if categories is not None:
-            category = categories[number - 1]
-            if category is None:
-                unknown += 1
-                continue
-        else:
-            category = record.get(category_field)
-            if _missing(category):
-                raise SpecfairError(
-                    f"{origin}: row {number} has no {category_field!r} (rows have fields {fields})"
-                )
-            if not isinstance(category, str | int | float):  # bool is an int
-                raise SpecfairError(
-                    f"{where(number)}: field {category_field!r} is {_shown(category)} ({_kind(category)}); "
-                    "expected one category: a string or a number"
-                )
-            if first_kind is None:
-                first_kind = (type(category), category, number)
-            elif type(category) is not first_kind[0]:
-                raise SpecfairError(
-                    f"{where(number)}: field {category_field!r} is {_shown(category)} ({_kind(category)}), but "
-                    f"{where(first_kind[2])} has {_shown(first_kind[1])} ({_kind(first_kind[1])}): one type of "
-                    "category per file"
-                )
-            if label_names and not isinstance(category, str):
-                if isinstance(category, bool) or not isinstance(category, int):
-                    raise SpecfairError(
-                        f"{where(number)}: field {category_field!r} is {_shown(category)}; with label_names "
-                        "a label is an index (an integer) or a name"
-                    )
-                if not 0 <= category < len(label_names):
-                    raise SpecfairError(
-                        f"{origin}: row {number}: label {category} outside dataset.label_names {label_names}"
-                    )
-                category = label_names[category]
-        for f in text_fields:
-            _check_text(record.get(f), f, where(number))
-        if target_field:
-            _check_text(record.get(target_field), target_field, where(number))
-        text = cfg.get("text_join", " ").join(
-            t for t in (_field_text(record.get(f)) for f in text_fields) if t
+
+
+def _category_reader(
+    category_field: str, label_names: list, origin: str, fields: list[str], where: Callable[[int], str]
+) -> Callable[[dict, int], str | int | float]:
+    """Reads each row's category; remembers the file's first category type, since types may not mix."""
+    # the file's category type, and where it was first seen
+    first_kind: tuple[type, object, int] | None = None
+
+    def category_of(record: dict, number: int) -> str | int | float:
+        nonlocal first_kind
+        category = _scalar_category(record, number, category_field, origin, fields, where)
+        if first_kind is None:
+            first_kind = (type(category), category, number)
+        elif type(category) is not first_kind[0]:
+            raise SpecfairError(
+                f"{where(number)}: field {category_field!r} is {_shown(category)} ({_kind(category)}), but "
+                f"{where(first_kind[2])} has {_shown(first_kind[1])} ({_kind(first_kind[1])}): one type of "
+                "category per file"
+            )
+        return _label_name(category, number, label_names, category_field, origin, where)
+
+    return category_of
+
+
+def _scalar_category(
+    record: dict,
+    number: int,
+    category_field: str,
+    origin: str,
+    fields: list[str],
+    where: Callable[[int], str],
+) -> str | int | float:
+    """A row's category is present and one scalar: a list or a mapping is no category."""
+    category = record.get(category_field)
+    if _missing(category):
+        raise SpecfairError(f"{origin}: row {number} has no {category_field!r} (rows have fields {fields})")
+    if not isinstance(category, str | int | float):  # bool is an int
+        raise SpecfairError(
+            f"{where(number)}: field {category_field!r} is {_shown(category)} ({_kind(category)}); "
+            "expected one category: a string or a number"
         )
-        if not text.strip():
-            empty += 1
-            continue
-        row = Row(text, str(category), _field_text(record.get(target_field)) if target_field else "")
-        seen = filed.setdefault(row.id, (row.category, number))
-        if seen[0] != row.category:
-            twice.setdefault(row.id, (seen[1], seen[0], number, row.category))
-        rows.append(row)
+    return category
+
+
+def _label_name(
+    category: str | int | float,
+    number: int,
+    label_names: list,
+    category_field: str,
+    origin: str,
+    where: Callable[[int], str],
+) -> str | int | float:
+    """With `label_names`, an integer label becomes its name; names (and labels without names) pass through."""
+    if not label_names or isinstance(category, str):
+        return category
+    if isinstance(category, bool) or not isinstance(category, int):
+        raise SpecfairError(
+            f"{where(number)}: field {category_field!r} is {_shown(category)}; with label_names "
+            "a label is an index (an integer) or a name"
+        )
+    if not 0 <= category < len(label_names):
+        raise SpecfairError(
+            f"{origin}: row {number}: label {category} outside dataset.label_names {label_names}"
+        )
+    return label_names[category]
+
+
+def _row_text(
+    record: dict, cfg: DictConfig, text_fields: list[str], target_field: str | None, at: str
+) -> str:
+    """The row's text fields (and target) checked, then joined; empty fields add no separator."""
+    for f in text_fields:
+        _check_text(record.get(f), f, at)
+    if target_field:
+        _check_text(record.get(target_field), target_field, at)
+    return cfg.get("text_join", " ").join(t for t in (_field_text(record.get(f)) for f in text_fields) if t)
+
+
+def _log_dropped(
+    origin: str,
+    empty: int,
+    unknown: int,
+    twice: dict[str, tuple[int, str, int, str]],
+    where: Callable[[int], str],
+) -> None:
+    """One log line per kind of row skipped or doubled, rather than one per row."""
     if empty:
         log.warning("%s: skipped %d empty or whitespace-only texts", origin, empty)
     if unknown:
@@ -354,11 +453,6 @@ def to_rows(records: list[dict], cfg: DictConfig, origin: str, source: str = "lo
             "a text drawn as a prompt is evaluated once and never trained on",
             origin, len(twice), where(a), ca, where(b), cb,
         )  # fmt: skip
-    if not rows and unknown:
-        raise SpecfairError(f"{origin}: no row's URL is in dataset.url_lists, so no row has a category")
-    if not rows:
-        raise SpecfairError(f"{origin}: every text is empty")
-    return rows
 
 
 def categories_of(rows: list[Row], cfg: DictConfig) -> list[str]:

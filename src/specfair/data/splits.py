@@ -168,7 +168,11 @@ def build_splits(cfg: DictConfig, seed: int, count_tokens=None) -> Splits:
     origin = origin_of(cfg, source)
     eval_pool = to_rows(eval_records, cfg, origin, source)
     train_origin = str(cfg.get("train_path") or origin)
+    # None: one pool to hold prompts out of; [] (a split file or field with no training rows, e.g. Debian's
+    # evaluation-only sample): every row is an evaluation candidate, there is nothing to train on
     train_pool = to_rows(train_records, cfg, train_origin, source) if train_records else None
+    if train_records is not None and not train_records:
+        train_pool = []
     if cfg.get("category_from") == "url" and cfg.get("group_by", "section") != "source":
         eval_pool, train_pool = _fold_small_groups(
             eval_pool, train_pool, int(cfg.get("min_category_rows", 0))

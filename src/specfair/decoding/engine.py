@@ -30,7 +30,7 @@ __all__ = [  # the names other modules import from here
 
 @dataclass
 class DecodeStats:
-    """Counters of one speculative generation; glossary in DESIGN.md."""
+    """Counters of one speculative generation; glossary in the README."""
 
     new_tokens: int = 0
     proposed: int = 0

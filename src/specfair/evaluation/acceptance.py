@@ -30,6 +30,74 @@ def predicted_speedup(
     return tau / (gamma * c + verify_cost) if tau is not None and c is not None else None
 
 
+def glossary(s: dict, hits: list[float], trials: list[float], gamma: int) -> dict:
+    """The glossary's counters and ratios from summed counters `s`; None wherever a ratio is undefined."""
+    counted = s["expected_positions"] == 0  # a sampled replay holds expectations, not block counters
+    target_calls = s["prompts"] + s["blocks"]
+    expected_alpha = ratio(s["expected_accept_sum"], s["expected_positions"])
+    expected_tau = predicted_block_efficiency(expected_alpha, gamma)
+    return {
+        **{
+            name: int(s[name])
+            for name in ("prompts", "new_tokens", "proposed", "accepted", "blocks", "rejections")
+        },
+        "target_calls": int(target_calls) if counted else None,
+        "acceptance_rate": ratio(s["accepted"], s["proposed"]) if counted else None,
+        "alpha": ratio(s["accepted"], s["accepted"] + s["rejections"]) if counted else None,
+        "block_efficiency": ratio(s["new_tokens"], target_calls) if counted else None,
+        "position_acceptance": [ratio(h, t) for h, t in zip(hits, trials, strict=True)],
+        # replay at temperature > 0: expectations along target samples, not sampled counters
+        "expected_alpha": expected_alpha,
+        "expected_block_efficiency": expected_tau,  # tau: 1 + expected accepted tokens per block
+        "expected_accepted_per_block": expected_tau - 1 if expected_tau is not None else None,
+    }
+
+
+def timing(s: dict) -> dict:
+    """Speed from summed seconds `s`: paired speedup, rates, and the draft's and a verify pass's cost in target
+    decode steps; None where not timed (replay, no baseline)."""
+    timed = s["timed_prompts"] > 0
+    draft_step = ratio(
+        s["draft_s"], s["draft_steps"]
+    )  # decode steps only: the draft's prefill is in prefill_s
+    if s["baseline_prefill_s"] > 0:  # a target decode step, without the prefill's first token
+        decode_s = s["baseline_wall_s"] - s["baseline_prefill_s"]
+        target_step = ratio(decode_s, s["baseline_new_tokens"] - s["timed_prompts"])
+    else:  # records from before baseline_prefill_s was kept
+        target_step = ratio(s["baseline_wall_s"], s["baseline_new_tokens"])
+    verify_block = ratio(s["verify_s"], s["blocks"])
+    baseline = s["baseline_new_tokens"] > 0
+    rate, baseline_rate = (
+        ratio(s["new_tokens"], s["wall_s"]),
+        ratio(s["baseline_new_tokens"], s["baseline_wall_s"]),
+    )
+    return {
+        # per-token rates: at temperature > 0 the two runs emit different token counts
+        "speedup": ratio(rate, baseline_rate) if baseline else None,
+        "tokens_per_s": rate,
+        "baseline_tokens_per_s": baseline_rate,
+        "wall_s": s["wall_s"] if timed else None,  # replay: not timed, never 0
+        "baseline_wall_s": s["baseline_wall_s"] if timed and baseline else None,
+        "draft_target_cost_ratio": ratio(draft_step, target_step)
+        if draft_step is not None and target_step
+        else None,
+        # one (γ+1)-token verify pass in target decode steps
+        "verify_cost_ratio": ratio(verify_block, target_step)
+        if verify_block is not None and target_step
+        else None,
+    }
+
+
+def predictions(alpha: float | None, gamma: int, times: dict) -> dict:
+    """What Leviathan et al.'s formulas predict from the measured α and costs, to lay beside the measured speed."""
+    c, v = times["draft_target_cost_ratio"], times["verify_cost_ratio"]
+    return {
+        "predicted_block_efficiency": predicted_block_efficiency(alpha, gamma),
+        "predicted_speedup": predicted_speedup(alpha, gamma, c),
+        "predicted_speedup_with_verify_cost": predicted_speedup(alpha, gamma, c, v) if v else None,
+    }
+
+
 class CategoryAcceptance(Metric):
     """Acceptance, block efficiency and speedup per category and overall, from per-prompt records."""
 
@@ -70,59 +138,13 @@ class CategoryAcceptance(Metric):
         self.position_trials = self.position_trials + trials
 
     def _group(self, mask: torch.Tensor) -> dict:
-        """Glossary values of the categories in `mask`; None wherever a ratio is undefined or not measured."""
+        """Glossary values of the categories in `mask`, then their timings and the Leviathan predictions."""
         s = {name: float(getattr(self, name)[mask].sum()) for name in COUNTERS}
-        counted = s["expected_positions"] == 0  # a sampled replay holds expectations, not block counters
-        timed = s["timed_prompts"] > 0
         hits = self.position_hits[mask].sum(0).tolist()
         trials = self.position_trials[mask].sum(0).tolist()
-        target_calls = s["prompts"] + s["blocks"]
-        alpha = ratio(s["accepted"], s["accepted"] + s["rejections"]) if counted else None
-        draft_step = ratio(
-            s["draft_s"], s["draft_steps"]
-        )  # decode steps only: the draft's prefill is in prefill_s
-        if s["baseline_prefill_s"] > 0:  # a target decode step, without the prefill's first token
-            decode_s = s["baseline_wall_s"] - s["baseline_prefill_s"]
-            target_step = ratio(decode_s, s["baseline_new_tokens"] - s["timed_prompts"])
-        else:  # records from before baseline_prefill_s was kept
-            target_step = ratio(s["baseline_wall_s"], s["baseline_new_tokens"])
-        c = ratio(draft_step, target_step) if draft_step is not None and target_step else None
-        verify_block = ratio(s["verify_s"], s["blocks"])
-        v = ratio(verify_block, target_step) if verify_block is not None and target_step else None
-        expected_alpha = ratio(s["expected_accept_sum"], s["expected_positions"])
-        expected_tau = predicted_block_efficiency(expected_alpha, self.gamma)
-        return {
-            "prompts": int(s["prompts"]),
-            "new_tokens": int(s["new_tokens"]),
-            "proposed": int(s["proposed"]),
-            "accepted": int(s["accepted"]),
-            "blocks": int(s["blocks"]),
-            "rejections": int(s["rejections"]),
-            "target_calls": int(target_calls) if counted else None,
-            "acceptance_rate": ratio(s["accepted"], s["proposed"]) if counted else None,
-            "alpha": alpha,
-            "block_efficiency": ratio(s["new_tokens"], target_calls) if counted else None,
-            "position_acceptance": [ratio(h, t) for h, t in zip(hits, trials, strict=True)],
-            # per-token rates: at temperature > 0 the two runs emit different token counts
-            "speedup": ratio(
-                ratio(s["new_tokens"], s["wall_s"]), ratio(s["baseline_new_tokens"], s["baseline_wall_s"])
-            )
-            if s["baseline_new_tokens"] > 0
-            else None,
-            "tokens_per_s": ratio(s["new_tokens"], s["wall_s"]),
-            "baseline_tokens_per_s": ratio(s["baseline_new_tokens"], s["baseline_wall_s"]),
-            "wall_s": s["wall_s"] if timed else None,  # replay: not timed, never 0
-            "baseline_wall_s": s["baseline_wall_s"] if timed and s["baseline_new_tokens"] > 0 else None,
-            "draft_target_cost_ratio": c,
-            "predicted_block_efficiency": predicted_block_efficiency(alpha, self.gamma),
-            "predicted_speedup": predicted_speedup(alpha, self.gamma, c),
-            "verify_cost_ratio": v,  # one (γ+1)-token verify pass in target decode steps
-            "predicted_speedup_with_verify_cost": predicted_speedup(alpha, self.gamma, c, v) if v else None,
-            # replay at temperature > 0: expectations along target samples, not sampled counters
-            "expected_alpha": expected_alpha,
-            "expected_block_efficiency": expected_tau,  # tau: 1 + expected accepted tokens per block
-            "expected_accepted_per_block": expected_tau - 1 if expected_tau is not None else None,
-        }
+        values = glossary(s, hits, trials, self.gamma)
+        times = timing(s)
+        return {**values, **times, **predictions(values["alpha"], self.gamma, times)}
 
     def compute(self) -> dict:
         everything = torch.ones(len(self.categories), dtype=torch.bool)

@@ -76,6 +76,15 @@ def forward_kl(target_logits: torch.Tensor, draft_logits: torch.Tensor) -> torch
     return torch.logsumexp(d, -1) - (p * d).sum(-1) - entropy
 
 
+def check_finite(loss: torch.Tensor, step: int) -> None:
+    """Stop on a non-finite loss: the last checkpoint still holds the last good weights."""
+    if not torch.isfinite(loss):
+        raise SpecfairError(
+            f"non-finite training loss ({float(loss.detach())}) at step {step}: "
+            "stopped; the last checkpoint holds the last good weights (lower train.optimizer.lr?)"
+        )
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of `values` where `mask` is set (same shape); 0 when nothing is (an empty batch is no NaN)."""
     mask = mask.to(values.dtype)
@@ -99,6 +108,15 @@ def next_token_views(input_ids, attention_mask, target_logits, draft_logits, voc
 
 
 OUTSIDE = -1e4  # the logit of an id a pruned head never scores: exp() is exactly 0 in float32, no inf - inf
+
+
+def kept_mask(kept_ids: list[int] | None, rows: int | None) -> torch.Tensor | None:
+    """bool [rows]: the ids a `draft.vocab_size` head scores (None: every id)."""
+    if kept_ids is None:
+        return None
+    kept = torch.zeros(rows, dtype=torch.bool)
+    kept[torch.tensor(kept_ids, dtype=torch.long)] = True
+    return kept
 
 
 def outside_kept(logits: torch.Tensor, kept: torch.Tensor | None) -> torch.Tensor:
@@ -177,3 +195,30 @@ class DistillationLoss:
         if ce_mask is not None and not ce_where.any():
             return kd, {"ce": ce, "kd": kd}  # nothing for cross-entropy: all of the weight on the divergence
         return weight * kd + (1 - weight) * ce, {"ce": ce, "kd": kd}
+
+
+class GroupDRO(torch.nn.Module):
+    """Online group DRO (Sagawa et al. 2020) around a row-reducible loss: Σ_g q_g·L_g, L_g the mean loss of
+    category g's rows in the batch (an absent category counts 0), then q_g ∝ q_g·exp(η·L_g). q is a buffer: it is
+    in the checkpoint, so a resumed run continues with the same weights."""
+
+    def __init__(self, loss, groups: int, step: float):
+        super().__init__()
+        self.loss, self.step = loss, float(step)
+        self.register_buffer("weights", torch.full((groups,), 1.0 / max(1, groups)))
+
+    def forward(
+        self, categories: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rows, parts = self.loss(*args, reduction="row", **kwargs)
+        k = self.weights.shape[0]
+        sums = torch.zeros(k, device=rows.device, dtype=rows.dtype).index_add(0, categories, rows)
+        counts = torch.zeros(k, device=rows.device, dtype=rows.dtype).index_add(
+            0, categories, torch.ones_like(rows)
+        )
+        group_loss = sums / counts.clamp_min(1)
+        with torch.no_grad():
+            q = self.weights * torch.exp(self.step * group_loss.detach() * (counts > 0))
+            self.weights.copy_(q / q.sum())
+        parts = {name: value.mean() for name, value in parts.items()}
+        return (self.weights.to(rows.dtype) * group_loss).sum(), parts

@@ -43,7 +43,7 @@ class ExpectedAlpha(Metric):
     def update(self, target_logits, draft_logits, mask, category) -> None:
         """Logits [B, T, V] already aligned to the same positions; mask [B, T]; category [B] indices.
 
-        States are replaced, never written in place: in-place writes race under ddp_spawn (DESIGN.md).
+        States are replaced, never written in place: in-place writes race under ddp_spawn.
         """
         p = F.softmax(target_logits.float(), -1)
         q = F.softmax(draft_logits.float(), -1)
