@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 from specfair import ROOT
 from specfair.data import cnndm
 from specfair.data.prompts import tokenize_prompts, train_text
-from specfair.data.rows import categories_of, load_rows, read_jsonl, to_rows
+from specfair.data.rows import categories_of, read_jsonl, to_rows
+from specfair.data.sources import load_rows
 from specfair.data.splits import build_splits, check_disjoint, imbalance_counts, select_prompts
 from specfair.errors import SpecfairError
 

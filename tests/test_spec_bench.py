@@ -10,7 +10,7 @@ import pytest
 from specfair import ROOT
 from specfair.data import spec_bench
 from specfair.data.prompts import tokenize_prompts
-from specfair.data.rows import load_rows
+from specfair.data.sources import load_rows
 from specfair.data.splits import build_splits
 from specfair.errors import SpecfairError
 

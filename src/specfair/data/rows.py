@@ -143,12 +143,9 @@ def read_hub(cfg: DictConfig, role: str) -> list[dict]:
     return datasets.load_dataset(cfg.hub.id, cfg.hub.get("config"), split=split).to_list()
 
 
-def load_pools(cfg: DictConfig) -> tuple[list[dict], list[dict] | None, str]:
-    """Raw eval and train records and the source used; train is None when both come from one pool."""
-    if cfg.get("format") == "spec_bench":  # question files (turns, no training split): their own reader
-        from specfair.data import spec_bench
-
-        return spec_bench.load_pools(cfg)
+def table_pools(cfg: DictConfig) -> tuple[list[dict], list[dict] | None, str]:
+    """Raw eval and train records of a table dataset and the source used; train is None when both come from
+    one pool."""
     source = "local" if cfg.get("path") else cfg.get("source", "auto")
     if source not in ("auto", "hub", "local", "bundled"):
         raise SpecfairError(f"dataset.source={source!r}: expected auto, hub, local or bundled")
@@ -465,20 +462,9 @@ def categories_of(rows: list[Row], cfg: DictConfig) -> list[str]:
 # --- selecting ---------------------------------------------------------------------------------------
 
 
-def origin_of(cfg: DictConfig, source: str) -> str:
-    """What error messages name as the rows' origin: the file or the hub id."""
-    if cfg.get("format") == "spec_bench":
-        from specfair.data import spec_bench
-
-        return spec_bench.origin(cfg, source)
+def table_origin(cfg: DictConfig, source: str) -> str:
+    """What error messages name as a table's origin: the file or the hub id."""
     return str(cfg.get("path") or (cfg.hub.id if source == "hub" else cfg.get("bundled")))
-
-
-def load_rows(cfg: DictConfig) -> tuple[list[Row], str]:
-    """Every evaluation-pool row (no selection), for inspection and tests."""
-    records, _, source = load_pools(cfg)
-    origin = origin_of(cfg, source)
-    return to_rows(records, cfg, origin, source), source
 
 
 def category_counts(rows: list[Row]) -> dict[str, int]:

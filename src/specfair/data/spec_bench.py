@@ -21,6 +21,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from specfair.data.prompts import chat_ids, prompt_content, uses_chat
 from specfair.data.rows import Prompt, Row, read_jsonl, read_table
 from specfair.errors import SpecfairError
 
@@ -162,7 +163,7 @@ def _train_records(path: str, categories: set[str], fold) -> list[dict]:
 
 
 def load_pools(cfg: DictConfig) -> tuple[list[dict], list[dict] | None, str]:
-    """rows.load_pools for dataset.format=spec_bench: the questions (category folded per group_by), and the
+    """sources.load_pools for dataset.format=spec_bench: the questions (category folded per group_by), and the
     training rows of dataset.train_path (None without it: the benchmark has no training split)."""
     if cfg.get("split_field"):
         raise SpecfairError(
@@ -207,8 +208,6 @@ def second_turn_ids(tokenizer, cfg: DictConfig, turns: Sequence[str], first_prom
                     answer_ids: Sequence[int]) -> list[int]:  # fmt: skip
     """Token ids of the turn-2 prompt: the whole conversation in the chat template, ending at the assistant's
     turn; without a chat template (or dataset.chat=false), the first prompt, the answer and the second turn."""
-    from specfair.data.prompts import chat_ids, prompt_content, uses_chat
-
     first = answer_text(tokenizer, answer_ids)
     if uses_chat(tokenizer, cfg):
         contents = [prompt_content(t, tokenizer, cfg) for t in turns[:2]]

@@ -19,7 +19,8 @@ from collections import Counter
 from omegaconf import DictConfig
 
 from specfair.data.cnndm import fold_small
-from specfair.data.rows import Row, Splits, categories_of, load_pools, origin_of, to_rows
+from specfair.data.rows import Row, Splits, categories_of, to_rows
+from specfair.data.sources import load_pools, origin_of
 from specfair.errors import SpecfairError
 
 log = logging.getLogger(__name__)
